@@ -1,0 +1,1 @@
+"""Balance: none / undersample / oversample the train split at manifest level."""

@@ -1,0 +1,1 @@
+"""Evaluate: test-set metrics of one candidate through its serving signature."""

@@ -1,0 +1,1 @@
+"""Ingest: scan a raw source, decode-check every file, write the manifest and upload images."""

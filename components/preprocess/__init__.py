@@ -1,0 +1,1 @@
+"""Preprocess: stratified split, resize to three channels, TFRecord shards in the store."""

@@ -1,0 +1,1 @@
+"""Train: one candidate (architecture x balancing), exported as a serving SavedModel."""

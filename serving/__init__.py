@@ -1,0 +1,1 @@
+"""Model serving: a TF Serving-compatible gRPC server and its client."""
