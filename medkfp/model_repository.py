@@ -10,6 +10,7 @@ and an existing version is never written again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -92,7 +93,11 @@ class ModelRepository:
         return self.store.get_json(vocab.model_version_key(model, version, vocab.METADATA_FILE))
 
     def publish(
-        self, model: str, saved_model_dir: str | Path, metadata: dict, model_card: str = ""
+        self,
+        model: str,
+        saved_model_dir: str | Path,
+        metadata: dict,
+        model_card: Callable[[int], str] | None = None,
     ) -> int:
         """Upload a SavedModel as the next version, verify it, then name it in models.config.
 
@@ -111,7 +116,7 @@ class ModelRepository:
         }
         self.store.upload_dir(saved_model_dir, prefix)
         if model_card:
-            self.store.put_text(f"{prefix}/{vocab.MODEL_CARD_FILE}", model_card)
+            self.store.put_text(f"{prefix}/{vocab.MODEL_CARD_FILE}", model_card(version))
         self._verify(prefix, files)
         metadata = {**metadata, "model_name": model, "version": version, "files": files}
         # metadata.json is written last: its presence marks the version complete.

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-
 DEFAULT_LOCAL_STORE = ".medkfp/store"
 DEFAULT_S3_STORE = "s3://medkfp"
 

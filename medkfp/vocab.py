@@ -117,3 +117,18 @@ def model_version_key(model_name: str, version: int, *parts: str) -> str:
 def dataset_classes(dataset: str) -> tuple[str, ...] | None:
     """The fixed class list of a known dataset, or None when the source defines it."""
     return {COVID: COVID_CLASSES, MIAS: MIAS_CLASSES}.get(dataset)
+
+
+# --- containers -----------------------------------------------------------------------
+# The image every step runs in; kustomize and `medkfp compile --image` rewrite it.
+COMPONENT_IMAGE = "medkfp/medkfp:0.1.0"
+
+
+def default_model_name(dataset: str, source: str) -> str:
+    """Served model name: the dataset's, or for imagefolder the folder's name."""
+    if dataset != IMAGEFOLDER:
+        return dataset
+    name = source.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".zip", ".tar.gz", ".tgz", ".tar"):
+        name = name.removesuffix(suffix)
+    return name.lower().replace(" ", "-").replace("_", "-") or IMAGEFOLDER

@@ -1,0 +1,17 @@
+"""KFP wrapper of the balance step."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Output
+
+from medkfp import vocab
+
+
+@dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
+def balance_op(dataset: Input[Artifact], candidate: dict, seed: int, balanced: Output[Artifact]):
+    """Resample the train split for the candidate's balancing strategy."""
+    from medkfp.components.balance.logic import balance
+
+    from medkfp.artifacts import read_json_artifact, write_json_artifact
+
+    summary = balance(read_json_artifact(dataset), candidate["balancing"], seed)
+    write_json_artifact(balanced, summary, strategy=summary["strategy"], count=summary["count"])

@@ -1,0 +1,28 @@
+"""KFP wrapper of the train step."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model, Output
+
+from medkfp import vocab
+
+
+@dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
+def train_op(
+    dataset: Input[Artifact],
+    balanced: Input[Artifact],
+    candidate: dict,
+    epochs: int,
+    seed: int,
+    model: Output[Model],
+):
+    """Train one candidate and export its serving SavedModel to the store."""
+    from medkfp.components.train.logic import train
+
+    from medkfp.artifacts import read_json_artifact, write_json_artifact
+
+    summary = train(
+        read_json_artifact(dataset), read_json_artifact(balanced), candidate, epochs, seed
+    )
+    write_json_artifact(
+        model, summary, candidate=summary["candidate"]["name"], model_uri=summary["model_uri"]
+    )

@@ -1,0 +1,105 @@
+"""Run the pipeline on this machine with kfp.local's SubprocessRunner."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from kfp import local
+from medkfp.components.grid.logic import grid_json
+from medkfp.pipelines import configs as c
+from medkfp.pipelines.pipeline import medkfp_pipeline
+
+from medkfp import vocab
+from medkfp.store import open_store
+
+ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+class PipelineFailed(RuntimeError):
+    """A step failed; the message carries the step's own error and the log's path."""
+
+
+class StepLog:
+    """Writes kfp.local's verbose output to a log file and echoes task status lines."""
+
+    def __init__(self, path: Path, echo=sys.stderr):
+        self.file = open(path, "w")
+        self.echo = echo
+        self.last_error: str | None = None
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        for line in text.splitlines():
+            if "finished with status" in line or "Executing task" in line:
+                self.echo.write(re.sub(r"\x1b\[[0-9;]*m", "", line).strip() + "\n")
+            match = ERROR_LINE.match(line)
+            if match:
+                self.last_error = f"{match.group(1)}: {match.group(2)}"
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def run_local(
+    dataset: str,
+    source: str,
+    store: str | None = None,
+    model_name: str | None = None,
+    grid: str = c.DEFAULT_GRID,
+    epochs: int = c.DEFAULT_EPOCHS,
+    image_size: int = c.DEFAULT_IMAGE_SIZE,
+    test_fraction: float = c.DEFAULT_TEST_FRACTION,
+    val_fraction: float = c.DEFAULT_VAL_FRACTION,
+    seed: int = c.DEFAULT_SEED,
+    min_delta: float = c.DEFAULT_MIN_DELTA,
+    pipeline_root: str | None = None,
+    echo=sys.stderr,
+) -> dict:
+    """Run every step as a local subprocess (same Python environment); returns the summary.
+
+    The grid and the store are checked here first, so a bad grid or an unreachable
+    endpoint fails before any step runs. Raises PipelineFailed with the failing step's
+    error message when a step fails.
+    """
+    if dataset not in vocab.DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(vocab.DATASETS)}")
+    store_uri = open_store(store).uri
+    if not source.startswith("s3://"):
+        source = str(Path(source).absolute())
+    arguments = dict(
+        dataset=dataset,
+        source=source,
+        store=store_uri,
+        model_name=model_name or vocab.default_model_name(dataset, source),
+        grid=grid_json(grid),
+        epochs=epochs,
+        image_size=image_size,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=seed,
+        min_delta=min_delta,
+    )
+    root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-"))
+    root.mkdir(parents=True, exist_ok=True)
+    log = StepLog(root / "run.log", echo)
+    echo.write(f"kfp.local run; step logs in {log.file.name}\n")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    try:
+        with contextlib.redirect_stdout(log):
+            task = medkfp_pipeline(**arguments)
+    except RuntimeError as e:
+        log.flush()
+        reason = log.last_error or str(e).splitlines()[0]
+        raise PipelineFailed(f"pipeline step failed: {reason} (log: {log.file.name})") from None
+    finally:
+        log.close()
+    return json.loads(task.output)

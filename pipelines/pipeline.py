@@ -1,0 +1,84 @@
+"""The pipeline graph: it only wires the steps; defaults live in configs.py."""
+
+from kfp import dsl, kubernetes
+from medkfp.components.balance.component import balance_op
+from medkfp.components.evaluate.component import evaluate_op
+from medkfp.components.grid.component import grid_op
+from medkfp.components.ingest.component import ingest_op
+from medkfp.components.preprocess.component import preprocess_op
+from medkfp.components.push.component import push_op
+from medkfp.components.train.component import train_op
+from medkfp.pipelines import configs as c
+
+
+def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """On the cluster every step reads the S3 endpoint and keys from one Secret."""
+    kubernetes.use_secret_as_env(task, secret_name=c.S3_SECRET, secret_key_to_env=c.S3_SECRET_ENV)
+    return task
+
+
+def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    task.set_accelerator_type(c.GPU_RESOURCE).set_accelerator_limit(c.GPU_COUNT)
+    kubernetes.add_toleration(task, **c.GPU_TOLERATION)
+    task.set_retry(num_retries=c.TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2)
+    return task
+
+
+@dsl.pipeline(name=c.PIPELINE_NAME, description=c.PIPELINE_DESCRIPTION)
+def medkfp_pipeline(
+    dataset: str,
+    source: str,
+    store: str,
+    model_name: str = "",
+    grid: str = c.DEFAULT_GRID,
+    epochs: int = c.DEFAULT_EPOCHS,
+    image_size: int = c.DEFAULT_IMAGE_SIZE,
+    test_fraction: float = c.DEFAULT_TEST_FRACTION,
+    val_fraction: float = c.DEFAULT_VAL_FRACTION,
+    seed: int = c.DEFAULT_SEED,
+    min_delta: float = c.DEFAULT_MIN_DELTA,
+) -> str:
+    ingest = with_store_credentials(
+        ingest_op(dataset=dataset, source=source, store=store, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    ).set_display_name("ingest")
+    preprocess = with_store_credentials(
+        preprocess_op(
+            manifest=ingest.outputs["manifest"],
+            image_size=image_size,
+            test_fraction=test_fraction,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+    ).set_display_name("preprocess")
+    candidates = grid_op(grid=grid).set_display_name("grid")
+
+    with dsl.ParallelFor(candidates.output, parallelism=c.TRAIN_PARALLELISM) as candidate:
+        balance = with_store_credentials(
+            balance_op(dataset=preprocess.outputs["dataset"], candidate=candidate, seed=seed)
+        ).set_display_name("balance")
+        train = on_gpu_node(
+            with_store_credentials(
+                train_op(
+                    dataset=preprocess.outputs["dataset"],
+                    balanced=balance.outputs["balanced"],
+                    candidate=candidate,
+                    epochs=epochs,
+                    seed=seed,
+                )
+            )
+        ).set_display_name("train")
+        evaluate = with_store_credentials(
+            evaluate_op(dataset=preprocess.outputs["dataset"], model=train.outputs["model"])
+        ).set_display_name("evaluate")
+
+    push = with_store_credentials(
+        push_op(
+            evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
+            manifest=ingest.outputs["manifest"],
+            dataset=preprocess.outputs["dataset"],
+            store=store,
+            model_name=model_name,
+            min_delta=min_delta,
+        )
+    ).set_display_name("push")
+    return push.outputs["Output"]

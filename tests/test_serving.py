@@ -1,0 +1,405 @@
+"""The gRPC model server and its client, end to end: real TensorFlow, real gRPC, a local store."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from medkfp.serving import client
+from medkfp.serving.server import ServeError, serve, start_server
+from PIL import Image
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from medkfp import vocab
+from medkfp.imaging import export_serving_model
+from medkfp.model_repository import ModelRepository
+from medkfp.store import LocalStore
+
+CLASSES = ["a", "b", "c"]
+SIZE = 16
+# The module's server refuses messages above this, so the size limit is cheap to test.
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+def png(mode: str, width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if mode == "L" else (height, width, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+IMAGES = [png("L", 20, 30, 0), png("RGB", 16, 16, 1), png("RGB", 40, 25, 2)]
+
+
+def string_tensor(values: list[bytes]):
+    return tf.make_tensor_proto(values, dtype=tf.string, shape=[len(values)])
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    """A tiny classifier exported with the project's serving signatures, built once."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(len(CLASSES), activation="softmax"),
+        ]
+    )
+    return export_serving_model(model, CLASSES, SIZE, tmp_path_factory.mktemp("export") / "m")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, export_dir):
+    """Model "m" with versions 1 and 2, the stable label on 1 (so default != stable)."""
+    store = LocalStore(tmp_path_factory.mktemp("store"))
+    repo = ModelRepository(store)
+    for _ in range(2):
+        repo.publish("m", export_dir, {"class_names": CLASSES})
+    config = repo.read_config()
+    repo.config_entry(config, "m").version_labels[vocab.STABLE_LABEL] = 1
+    repo.write_config(config)
+    handle = start_server(
+        store.uri,
+        port=0,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        poll_interval=60,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+    )
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def address(server):
+    return f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="module")
+def channel(address):
+    with grpc.insecure_channel(address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def prediction(channel):
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def model_service(channel):
+    return model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+def predict_request(images=IMAGES, version=None, label=None, inputs=None):
+    """A Predict request for model "m"; `inputs` replaces the image_bytes built from images."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    for key, tensor in (inputs or {vocab.INPUT_KEY: string_tensor(images)}).items():
+        request.inputs[key].CopyFrom(tensor)
+    return request
+
+
+def rpc_error(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=30)
+    return info.value
+
+
+# --- raw TF Serving stubs ------------------------------------------------------------------
+
+
+def test_predict_classifies_png_batch(prediction):
+    response = prediction.Predict(predict_request(), timeout=30)
+
+    probabilities = tf.make_ndarray(response.outputs[vocab.OUTPUT_PROBABILITIES])
+    classes = tf.make_ndarray(response.outputs[vocab.OUTPUT_CLASSES])
+    assert probabilities.shape == (len(IMAGES), len(CLASSES))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert [c.decode() for c in classes] == [CLASSES[i] for i in probabilities.argmax(axis=1)]
+    # Neither version nor label: the highest loaded version, not the stable one.
+    assert response.model_spec.name == "m"
+    assert response.model_spec.version.value == 2
+    assert response.model_spec.signature_name == vocab.SIGNATURE
+
+
+def test_predict_by_version_and_label(prediction):
+    by_version = prediction.Predict(predict_request(version=1), timeout=30)
+    by_label = prediction.Predict(predict_request(label=vocab.STABLE_LABEL), timeout=30)
+
+    assert by_version.model_spec.version.value == 1
+    assert by_label.model_spec.version.value == 1
+
+
+def test_predict_honours_output_filter(prediction):
+    request = predict_request()
+    request.output_filter.append(vocab.OUTPUT_CLASSES)
+
+    response = prediction.Predict(request, timeout=30)
+
+    assert list(response.outputs) == [vocab.OUTPUT_CLASSES]
+
+
+def test_predict_other_signature(prediction):
+    images = np.zeros((2, SIZE, SIZE, 3), np.float32)
+    request = predict_request(inputs={"images": tf.make_tensor_proto(images)})
+    request.model_spec.signature_name = "serving_float"
+
+    response = prediction.Predict(request, timeout=30)
+
+    assert tf.make_ndarray(response.outputs[vocab.OUTPUT_PROBABILITIES]).shape == (2, 3)
+    assert response.model_spec.signature_name == "serving_float"
+
+
+def test_metadata_lists_signature_defs(prediction):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "m"
+
+    response = prediction.GetModelMetadata(request, timeout=30)
+
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signature_map)
+    serving_default = signature_map.signature_def[vocab.SIGNATURE]
+    image_bytes = serving_default.inputs[vocab.INPUT_KEY]
+    assert image_bytes.dtype == tf.string.as_datatype_enum
+    assert [d.size for d in image_bytes.tensor_shape.dim] == [-1]
+    assert set(serving_default.outputs) == {vocab.OUTPUT_PROBABILITIES, vocab.OUTPUT_CLASSES}
+    assert "serving_float" in signature_map.signature_def
+    assert (response.model_spec.name, response.model_spec.version.value) == ("m", 2)
+
+
+def test_status_reports_loaded_versions(model_service):
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "m"
+
+    every = model_service.GetModelStatus(request, timeout=30).model_version_status
+    request.model_spec.version.value = 1
+    one = model_service.GetModelStatus(request, timeout=30).model_version_status
+
+    available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    assert sorted(s.version for s in every) == [1, 2]
+    assert all(s.state == available and s.status.error_code == 0 for s in every)
+    assert [s.version for s in one] == [1]
+
+
+def test_unknown_model_version_or_label_is_not_found(prediction, model_service):
+    unknown_model = predict_request()
+    unknown_model.model_spec.name = "nope"
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "nope"
+
+    cases = [
+        (prediction.Predict, unknown_model, "served models: m"),
+        (prediction.Predict, predict_request(version=9), "loaded versions: 1, 2"),
+        (prediction.Predict, predict_request(label="canary"), "labels: stable"),
+        (model_service.GetModelStatus, status, "'nope' is not served"),
+    ]
+    for call, request, message in cases:
+        error = rpc_error(call, request)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert message in error.details()
+
+
+def test_bad_input_is_invalid_argument(prediction):
+    floats = tf.make_tensor_proto(np.zeros(2, np.float32))
+    cases = [
+        (predict_request(images=[b"not an image"]), "cannot process the input"),
+        (predict_request(inputs={"pixels": string_tensor(IMAGES)}), "expects inputs ['image_"),
+        (predict_request(inputs={vocab.INPUT_KEY: floats}), "must be string, got float32"),
+    ]
+    for request, message in cases:
+        error = rpc_error(prediction.Predict, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in error.details()
+
+
+def test_request_above_size_limit_is_refused(prediction):
+    error = rpc_error(prediction.Predict, predict_request(images=[b"x" * MAX_MESSAGE_BYTES]))
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_concurrent_requests(address):
+    errors = []
+
+    def work():
+        try:
+            for _ in range(3):
+                assert client.predict(address, "m", IMAGES[:1])["version"] == 2
+        except Exception as e:  # collected: an assert in a thread would go unnoticed
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_taken_port_is_a_clear_error(server, tmp_path):
+    with pytest.raises(ServeError, match="in use"):
+        start_server(str(tmp_path / "empty-store"), port=server.port)
+
+
+# --- client ----------------------------------------------------------------------------------
+
+
+def test_client_predict(address):
+    latest = client.predict(address, "m", IMAGES)
+    pinned = client.predict(address, "m", IMAGES, version=1)
+    stable = client.predict(address, "m", IMAGES[:1], label=vocab.STABLE_LABEL)
+
+    assert (latest["model"], latest["version"]) == ("m", 2)
+    assert len(latest["predictions"]) == len(IMAGES)
+    for prediction in latest["predictions"]:
+        assert prediction["class"] in CLASSES
+        assert len(prediction["probabilities"]) == len(CLASSES)
+        assert sum(prediction["probabilities"]) == pytest.approx(1.0, rel=1e-5)
+    assert pinned["version"] == 1
+    assert stable["version"] == 1
+
+
+def test_client_batches_keep_one_version(address, monkeypatch):
+    monkeypatch.setattr(client, "BATCH_IMAGES", 2)
+
+    result = client.predict(address, "m", IMAGES * 2, label=vocab.STABLE_LABEL)
+
+    assert result["version"] == 1
+    assert len(result["predictions"]) == 2 * len(IMAGES)
+
+
+def test_client_metadata_and_status(address):
+    metadata = client.model_metadata(address, "m", version=1)
+    status = client.model_status(address, "m")
+
+    assert metadata["version"] == 1
+    inputs = metadata["signatures"][vocab.SIGNATURE]["inputs"]
+    assert inputs == {vocab.INPUT_KEY: {"dtype": "DT_STRING", "shape": [-1]}}
+    assert status == [
+        {"version": v, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}
+        for v in (1, 2)
+    ]
+
+
+def test_client_errors_are_one_line(address, monkeypatch):
+    with pytest.raises(client.ServingError, match="'nope' is not served") as info:
+        client.predict(address, "nope", IMAGES[:1])
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+    monkeypatch.setattr(client, "BACKOFF_SECONDS", 0.01)
+    with pytest.raises(client.ServingError, match="cannot reach model server at 127.0.0.1:1:"):
+        client.model_status("127.0.0.1:1", "m")
+
+
+def test_normalize_address():
+    assert client.normalize_address("localhost") == "localhost:8500"
+    assert client.normalize_address("grpc://h:9000/") == "h:9000"
+    assert client.normalize_address("::1") == "[::1]:8500"
+    assert client.normalize_address("[::1]:9") == "[::1]:9"
+
+
+# --- reloading -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (serve() blocks, so it cannot report port 0's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_new_versions_are_picked_up_without_failing_requests(export_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="medkfp.serving.server")
+    store = LocalStore(tmp_path / "store")
+    repo = ModelRepository(store)
+    repo.publish("m", export_dir, {"class_names": CLASSES})
+    cache = tmp_path / "cache"
+    with start_server(store.uri, port=0, cache_dir=cache, poll_interval=0.2) as handle:
+        address = f"127.0.0.1:{handle.port}"
+        seen, errors, done = set(), [], threading.Event()
+
+        def keep_predicting():
+            while not done.is_set():
+                try:
+                    seen.add(client.predict(address, "m", IMAGES[:1])["version"])
+                except Exception as e:  # any failure during a swap is a bug
+                    errors.append(e)
+
+        worker = threading.Thread(target=keep_predicting)
+        worker.start()
+        try:
+            assert client.predict(address, "m", IMAGES[:1])["version"] == 1
+            repo.publish("m", export_dir, {"class_names": CLASSES})
+            wait_for(lambda: client.predict(address, "m", IMAGES[:1])["version"] == 2)
+
+            # models.config keeps two versions: publishing 3 drops version 1.
+            repo.publish("m", export_dir, {"class_names": CLASSES})
+            wait_for(lambda: [s["version"] for s in client.model_status(address, "m")] == [2, 3])
+        finally:
+            done.set()
+            worker.join()
+        assert errors == []
+        assert seen <= {1, 2, 3}
+        assert not (cache / "m" / "1").exists()
+        assert "loaded model m version 3" in caplog.text
+        assert "unloaded model m version 1" in caplog.text
+
+        # A version that cannot load, or a broken config, leaves the loaded set serving.
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"garbage")
+        repo.publish("m", broken, {"class_names": CLASSES})
+        wait_for(lambda: "cannot load model m version 4" in caplog.text)
+        store.put_text("models/models.config", "this is { not a config")
+        wait_for(lambda: "cannot reload models.config" in caplog.text)
+        assert [s["version"] for s in client.model_status(address, "m")] == [3]
+        assert client.predict(address, "m", IMAGES[:1])["version"] == 3
+
+
+def test_serve_blocks_until_stopped(export_dir, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    ModelRepository(store).publish("m", export_dir, {"class_names": CLASSES})
+    port = free_port()
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(
+        target=serve,
+        kwargs=dict(
+            store_uri=store.uri, port=port, host="127.0.0.1", ready_event=ready, stop_event=stop
+        ),
+    )
+    thread.start()
+    try:
+        assert ready.wait(30)
+        assert client.predict(f"127.0.0.1:{port}", "m", IMAGES[:1])["version"] == 1
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
