@@ -241,6 +241,14 @@ class S3Store(Store):
             ) from None
 
     def _ensure_bucket(self) -> None:
+        try:
+            from minio.helpers import check_bucket_name
+
+            check_bucket_name(self.bucket)
+        except ValueError as e:
+            raise StoreError(
+                f"store {self.uri}: {e}; S3 bucket names are 3-63 lowercase letters, digits, '.' and '-'"
+            ) from None
         if not self._call(self.uri, self.client.bucket_exists, bucket_name=self.bucket):
             self._call(self.uri, self.client.make_bucket, bucket_name=self.bucket)
 

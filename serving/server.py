@@ -272,8 +272,13 @@ class ModelManager:
         """Download version `version` of `name` into the cache (if not there yet) and load it."""
         path = self._fetch(name, version)
         started = time.monotonic()
-        loaded = tf.saved_model.load(str(path))
-        signature_defs = read_signature_defs(path)
+        try:
+            loaded = tf.saved_model.load(str(path))
+            signature_defs = read_signature_defs(path)
+        except Exception:
+            # Drop the copy so a retry downloads it again instead of trusting a bad cache.
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         log.info(
             "loaded model %s version %d (%.1f s, signatures: %s)",
             name,

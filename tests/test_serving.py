@@ -380,8 +380,9 @@ def test_new_versions_are_picked_up_without_failing_requests(export_dir, tmp_pat
         wait_for(lambda: "cannot load model m version 4" in caplog.text)
         store.put_text("models/models.config", "this is { not a config")
         wait_for(lambda: "cannot reload models.config" in caplog.text)
-        assert [s["version"] for s in client.model_status(address, "m")] == [3]
+        assert [s["version"] for s in client.model_status(address, "m")] == [2, 3]
         assert client.predict(address, "m", IMAGES[:1])["version"] == 3
+        assert client.predict(address, "m", IMAGES[:1], label=vocab.STABLE_LABEL)["version"] == 3
 
 
 def test_serve_blocks_until_stopped(export_dir, tmp_path):
