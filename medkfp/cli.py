@@ -224,13 +224,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from medkfp.store import StoreError
 
     errors = [UsageError, LayoutError, StoreError, PipelineFailed, ValueError, FileNotFoundError]
-    try:
-        from medkfp.serving.client import ServingError
+    from medkfp.serving.client import ServingError
+    from medkfp.serving.server import ServeError
 
-        errors.append(ServingError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (*errors, ServingError, ServeError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -498,7 +498,7 @@ def _covid_image(rng: np.random.Generator, class_index: int, grid: _Grid):
     img += rng.uniform(25, 45) * np.exp(-0.5 * ((x - 0.5) / rng.uniform(0.04, 0.06)) ** 2)
 
     # Lungs: two ellipses, narrow at the apex, wide at the base.
-    lung_level = rng.uniform(70, 100)
+    lung_level = rng.uniform(72, 90)
     mid_y = rng.uniform(0.46, 0.52)
     lungs = []
     for side in (-1, 1):  # -1: lung on the image's left, +1: on its right
@@ -550,10 +550,11 @@ def _covid_image(rng: np.random.Generator, class_index: int, grid: _Grid):
             hy,
             rng.uniform(0.065, 0.095),
             rng.uniform(0.11, 0.17),
-            rng.uniform(65, 90),
+            rng.uniform(85, 110),
             angle=rng.uniform(-0.3, 0.3),
         )
-        pattern *= (0.8 + 0.2 * _smooth_noise(rng, s, 6)) * lung["soft"]
+        mottling = np.clip(0.75 + 0.35 * _smooth_noise(rng, s, 12), 0.3, 1.2)
+        pattern *= mottling * lung["soft"]
     elif name == "Viral Pneumonia":
         # Diagonal streaks crossed by fainter ones: a reticular pattern over both lungs.
         angle = rng.choice([-1.0, 1.0]) * rng.uniform(0.55, 1.0)
@@ -568,7 +569,7 @@ def _covid_image(rng: np.random.Generator, class_index: int, grid: _Grid):
     # Normal: clean lungs.
 
     img += pattern
-    img *= rng.uniform(0.9, 1.1)
+    img *= rng.uniform(0.95, 1.05)
     image = _finish(img, rng, rng.uniform(3, 8))
     mask = np.where(lungs[0]["inside"] | lungs[1]["inside"], 255, 0).astype(np.uint8)
     return image, mask

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from kfp import compiler
+
 from medkfp.pipelines.pipeline import medkfp_pipeline
 
 

@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 
 from kfp import local
+
+from medkfp import vocab
 from medkfp.components.grid.logic import grid_json
 from medkfp.pipelines import configs as c
 from medkfp.pipelines.pipeline import medkfp_pipeline
-
-from medkfp import vocab
 from medkfp.store import open_store
 
 ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")

@@ -1,6 +1,7 @@
 """The pipeline graph: it only wires the steps; defaults live in configs.py."""
 
 from kfp import dsl, kubernetes
+
 from medkfp.components.balance.component import balance_op
 from medkfp.components.evaluate.component import evaluate_op
 from medkfp.components.grid.component import grid_op

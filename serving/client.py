@@ -122,6 +122,13 @@ def _batches(images: list[bytes]) -> Iterator[list[bytes]]:
 
 
 def _predictions(response: predict_pb2.PredictResponse) -> list[dict]:
+    missing = {vocab.OUTPUT_PROBABILITIES, vocab.OUTPUT_CLASSES} - set(response.outputs)
+    if missing:
+        spec = response.model_spec
+        raise ServingError(
+            f"model {spec.name} version {spec.version.value} returned no "
+            f"{', '.join(sorted(missing))}: it was not exported by medkfp"
+        )
     probabilities = tf.make_ndarray(response.outputs[vocab.OUTPUT_PROBABILITIES])
     classes = tf.make_ndarray(response.outputs[vocab.OUTPUT_CLASSES])
     return [
@@ -170,9 +177,7 @@ def _tensor_info(info) -> dict:
     return {"dtype": types_pb2.DataType.Name(info.dtype), "shape": shape}
 
 
-def model_metadata(
-    server: str, model: str, version: int | None = None, timeout: float = 30.0
-) -> dict:
+def model_metadata(server: str, model: str, version: int | None = None, timeout: float = 30.0) -> dict:
     """The signatures of a served model version (default: the highest loaded).
 
     Returns {"model": str, "version": int, "signatures": {name: {"method_name": str,
@@ -203,9 +208,7 @@ def model_metadata(
     }
 
 
-def model_status(
-    server: str, model: str, version: int | None = None, timeout: float = 30.0
-) -> list[dict]:
+def model_status(server: str, model: str, version: int | None = None, timeout: float = 30.0) -> list[dict]:
     """The state of every loaded version of `model` (or just `version`), lowest first.
 
     Returns [{"version": int, "state": "AVAILABLE", "error_code": "OK", "error_message":

@@ -121,9 +121,7 @@ class ServedModel:
         if version is None:
             # Like TF Serving: the default is the highest loaded version, not a label.
             if not self.versions:
-                raise RpcError(
-                    grpc.StatusCode.NOT_FOUND, f"model {self.name} has no loaded version"
-                )
+                raise RpcError(grpc.StatusCode.NOT_FOUND, f"model {self.name} has no loaded version")
             version = max(self.versions)
         if version not in self.versions:
             raise RpcError(
@@ -174,7 +172,9 @@ class ModelManager:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._models: dict[str, ServedModel] = {}
         self._reload_lock = threading.Lock()
+        # Failed loads and empty models are remembered so each poll does not log them again.
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}
+        self._warned_empty: set[str] = set()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -210,7 +210,7 @@ class ModelManager:
                 served = self._reload_model(entry, old.get(entry.name))
                 if served is not None:
                     new[entry.name] = served
-            if _same_versions(old, new) and all(old[n].labels == new[n].labels for n in new):
+            if _unchanged(old, new):
                 return False
             # Swap first, drop second: requests that already hold the old set finish on it.
             self._models = new
@@ -237,19 +237,20 @@ class ModelManager:
                 failed = True
             else:
                 versions[version] = loaded
-        if failed and current is not None:
-            # Keep serving what worked before beside whatever new versions did load.
-            versions = {**current.versions, **versions}
         labels = {label: int(v) for label, v in entry.version_labels.items()}
         if failed and current is not None:
-            # A label whose new target failed keeps pointing where it pointed before.
+            # Keep serving what worked before beside whatever new versions did load, and
+            # let a label whose new target failed keep pointing where it pointed before.
+            versions = {**current.versions, **versions}
             for label, version in labels.items():
                 if version not in versions and label in current.labels:
                     labels[label] = current.labels[label]
         if not versions:
-            if not failed:
+            if not failed and name not in self._warned_empty:
                 log.warning("model %s has no complete version in the store yet", name)
+                self._warned_empty.add(name)
             return None
+        self._warned_empty.discard(name)
         return ServedModel(name, versions, labels)
 
     def _try_load(self, name: str, version: int) -> LoadedVersion | None:
@@ -295,9 +296,7 @@ class ModelManager:
         every file's sha256: a store rebuilt with the same version numbers is not mistaken
         for the old one.
         """
-        remote_meta = self.store.get_bytes(
-            vocab.model_version_key(name, version, vocab.METADATA_FILE)
-        )
+        remote_meta = self.store.get_bytes(vocab.model_version_key(name, version, vocab.METADATA_FILE))
         dest = self.cache_dir / name / str(version)
         cached_meta = dest / vocab.METADATA_FILE
         if cached_meta.is_file() and cached_meta.read_bytes() == remote_meta:
@@ -362,14 +361,17 @@ class ModelManager:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
-def _same_versions(old: dict[str, ServedModel], new: dict[str, ServedModel]) -> bool:
+def _unchanged(old: dict[str, ServedModel], new: dict[str, ServedModel]) -> bool:
+    """True if both sets hold the very same loaded versions under the same labels."""
     if old.keys() != new.keys():
         return False
-    return all(
-        {v: id(lv) for v, lv in old[n].versions.items()}
-        == {v: id(lv) for v, lv in new[n].versions.items()}
-        for n in old
-    )
+    for name, before in old.items():
+        after = new[name]
+        if before.labels != after.labels or before.versions.keys() != after.versions.keys():
+            return False
+        if any(before.versions[v] is not after.versions[v] for v in before.versions):
+            return False
+    return True
 
 
 def _verify_files(local_dir: Path, metadata_bytes: bytes, what: str) -> None:
@@ -466,8 +468,7 @@ def _select_outputs(outputs: dict, output_filter, where: str) -> list[str]:
     if unknown:
         raise RpcError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{where} has no output {', '.join(map(repr, unknown))} "
-            f"(outputs: {', '.join(sorted(outputs))})",
+            f"{where} has no output {', '.join(map(repr, unknown))} (outputs: {', '.join(sorted(outputs))})",
         )
     return list(dict.fromkeys(output_filter))
 
@@ -634,26 +635,20 @@ class ModelServer:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self.max_workers, thread_name_prefix="medkfp-grpc"
-            ),
+            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="medkfp-grpc"),
             options=options,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.manager), server
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelStatusServicer(self.manager), server
-        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(self.manager), server)
         address = _address(self.host, self.requested_port)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError:
             port = 0
         if not port:
-            raise ServeError(
-                f"cannot listen on {address}: is the port in use? pick another with --port"
-            )
+            raise ServeError(f"cannot listen on {address}: is the port in use? pick another with --port")
         self.port = port
         return server
 
@@ -711,9 +706,7 @@ def serve(
     """
     _configure_logging()
     stop = stop_event or threading.Event()
-    server = start_server(
-        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes
-    )
+    server = start_server(store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes)
     previous = {}
     try:
         if threading.current_thread() is threading.main_thread():

@@ -11,8 +11,6 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from medkfp.serving import client
-from medkfp.serving.server import ServeError, serve, start_server
 from PIL import Image
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -25,6 +23,8 @@ from tensorflow_serving.apis import (
 from medkfp import vocab
 from medkfp.imaging import export_serving_model
 from medkfp.model_repository import ModelRepository
+from medkfp.serving import client
+from medkfp.serving.server import ServeError, serve, start_server
 from medkfp.store import LocalStore
 
 CLASSES = ["a", "b", "c"]
@@ -297,8 +297,7 @@ def test_client_metadata_and_status(address):
     inputs = metadata["signatures"][vocab.SIGNATURE]["inputs"]
     assert inputs == {vocab.INPUT_KEY: {"dtype": "DT_STRING", "shape": [-1]}}
     assert status == [
-        {"version": v, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}
-        for v in (1, 2)
+        {"version": v, "state": "AVAILABLE", "error_code": "OK", "error_message": ""} for v in (1, 2)
     ]
 
 
@@ -392,9 +391,7 @@ def test_serve_blocks_until_stopped(export_dir, tmp_path):
     ready, stop = threading.Event(), threading.Event()
     thread = threading.Thread(
         target=serve,
-        kwargs=dict(
-            store_uri=store.uri, port=port, host="127.0.0.1", ready_event=ready, stop_event=stop
-        ),
+        kwargs=dict(store_uri=store.uri, port=port, host="127.0.0.1", ready_event=ready, stop_event=stop),
     )
     thread.start()
     try:

@@ -9,9 +9,8 @@ from medkfp import vocab
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
 def balance_op(dataset: Input[Artifact], candidate: dict, seed: int, balanced: Output[Artifact]):
     """Resample the train split for the candidate's balancing strategy."""
-    from medkfp.components.balance.logic import balance
-
     from medkfp.artifacts import read_json_artifact, write_json_artifact
+    from medkfp.components.balance.logic import balance
 
     summary = balance(read_json_artifact(dataset), candidate["balancing"], seed)
     write_json_artifact(balanced, summary, strategy=summary["strategy"], count=summary["count"])

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 from imblearn.over_sampling import RandomOverSampler
 from imblearn.under_sampling import RandomUnderSampler
-from medkfp.components.preprocess.logic import read_examples
 
 from medkfp import vocab
+from medkfp.components.preprocess.logic import read_examples
 from medkfp.store import open_store
 
 SAMPLERS = {"undersample": RandomUnderSampler, "oversample": RandomOverSampler}

@@ -15,9 +15,8 @@ def evaluate_op(
     scores: Output[Metrics],
 ):
     """Score one candidate on the test split; log its confusion matrix and scalars."""
-    from medkfp.components.evaluate.logic import evaluate
-
     from medkfp.artifacts import read_json_artifact, write_json_artifact
+    from medkfp.components.evaluate.logic import evaluate
 
     summary = evaluate(read_json_artifact(dataset), read_json_artifact(model))
     metrics = summary["metrics"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from medkfp.components.train.logic import download_shards, parse_example
 
+from medkfp.components.train.logic import download_shards, parse_example
 from medkfp.imaging import load_signature, predict_bytes
 from medkfp.metrics import classification_metrics
 from medkfp.store import open_store

@@ -9,9 +9,8 @@ from medkfp import vocab
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
 def ingest_op(dataset: str, source: str, store: str, run_id: str, manifest: Output[Artifact]):
     """Scan and check the raw images, upload them, write the manifest."""
-    from medkfp.components.ingest.logic import ingest
-
     from medkfp.artifacts import write_json_artifact
+    from medkfp.components.ingest.logic import ingest
 
     summary = ingest(dataset, source, store, run_id)
     write_json_artifact(manifest, summary, **summary["counts"])

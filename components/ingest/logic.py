@@ -7,10 +7,10 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
-from medkfp.components.ingest.layouts import scan_source
 from PIL import Image, UnidentifiedImageError
 
 from medkfp import vocab
+from medkfp.components.ingest.layouts import scan_source
 from medkfp.store import open_store
 
 MANIFEST_COLUMNS = ["id", "path", "label", "suffix", "sha256", "bytes", "width", "height", "mode"]

@@ -16,9 +16,8 @@ def preprocess_op(
     dataset: Output[Artifact],
 ):
     """Split, resize and shard the ingested images."""
-    from medkfp.components.preprocess.logic import preprocess
-
     from medkfp.artifacts import read_json_artifact, write_json_artifact
+    from medkfp.components.preprocess.logic import preprocess
 
     summary = preprocess(
         read_json_artifact(manifest), image_size, test_fraction, val_fraction, seed

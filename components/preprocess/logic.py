@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from medkfp.components.ingest.logic import read_manifest
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from medkfp import vocab
+from medkfp.components.ingest.logic import read_manifest
 from medkfp.imaging import decode_and_resize, encode_png
 from medkfp.store import open_store
 

@@ -20,9 +20,8 @@ def push_op(
     """Select the best candidate, push it past the champion gate; returns the run summary."""
     import json
 
-    from medkfp.components.push.logic import push
-
     from medkfp.artifacts import read_json_artifact, write_json_artifact
+    from medkfp.components.push.logic import push
 
     result = push(
         [read_json_artifact(e) for e in evaluations],

@@ -16,9 +16,8 @@ def train_op(
     model: Output[Model],
 ):
     """Train one candidate and export its serving SavedModel to the store."""
-    from medkfp.components.train.logic import train
-
     from medkfp.artifacts import read_json_artifact, write_json_artifact
+    from medkfp.components.train.logic import train
 
     summary = train(
         read_json_artifact(dataset), read_json_artifact(balanced), candidate, epochs, seed

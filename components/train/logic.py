@@ -7,10 +7,10 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
-from medkfp.components.balance.logic import read_repeats
-from medkfp.components.train.models import build_model
 
 from medkfp import vocab
+from medkfp.components.balance.logic import read_repeats
+from medkfp.components.train.models import build_model
 from medkfp.imaging import export_serving_model
 from medkfp.store import open_store
 
