@@ -17,7 +17,7 @@ import numbers
 import os
 import re
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,17 +65,21 @@ _MIAS_LAYOUT_TAG = 2
 _MIAS_IMAGE_TAG = 3
 
 # Lesion radius ranges in the 1024 frame, per MIAS class.
+# Lesion radius ranges in the 1024 frame, per MIAS class: within the range of the real radii
+# but on the large side, so that shapes survive downscaling to 32-64 px.
 _MIAS_RADIUS = {
-    "ARCH": (50, 115),
-    "ASYM": (70, 150),
-    "CALC": (35, 90),
-    "CIRC": (35, 95),
-    "MISC": (45, 110),
-    "SPIC": (40, 100),
+    "ARCH": (70, 150),
+    "ASYM": (90, 170),
+    "CALC": (60, 130),
+    "CIRC": (50, 120),
+    "MISC": (60, 140),
+    "SPIC": (50, 120),
 }
+# Sigma of one calcification, as a fraction of the side (6-9 px of a 1024 film).
+_SPECK_SIGMA = (0.006, 0.009)
 _TISSUES = ("F", "G", "D")
 # tissue -> (base level, texture amplitude)
-_TISSUE_LOOK = {"F": (70.0, 14.0), "G": (95.0, 26.0), "D": (125.0, 36.0)}
+_TISSUE_LOOK = {"F": (70.0, 12.0), "G": (92.0, 20.0), "D": (118.0, 28.0)}
 
 
 # --- public API -------------------------------------------------------------------------------
@@ -137,7 +141,7 @@ def synth_covid(
         rows = [(f"{name}-{n}", "PNG", f"{size}*{size}", "synthetic") for n in range(1, count + 1)]
         _write_xlsx(root / f"{name}.metadata.xlsx", ("FILE NAME", "FORMAT", "SIZE", "URL"), rows)
 
-    grid = _grid(size)
+    grid = _Grid(size)
     with _progress_bar(progress, "COVID-19 radiography", sum(n_per_class)) as advance:
         for class_index, (name, count) in enumerate(result.items()):
             images, masks = root / name / "images", root / name / "masks"
@@ -213,7 +217,7 @@ def synth_mias(
     folder.mkdir(parents=True, exist_ok=True)
 
     films = _mias_layout(n_per_class, seed)
-    grid = _grid(size)
+    grid = _Grid(size)
     lines = [MIAS_INFO_HEADER]
     with _progress_bar(progress, "mini-MIAS", total) as advance:
         for film in films:
@@ -241,11 +245,12 @@ def _resolve_counts(
     default: list[int],
 ) -> list[int]:
     if counts is not None:
-        if isinstance(counts, (str, bytes)) or not isinstance(counts, Sequence):
+        if isinstance(counts, (str, bytes, Mapping)) or not hasattr(counts, "__len__"):
             raise ValueError(
                 f"{fn}: counts must be a sequence of {len(classes)} ints, got {counts!r}; "
                 f"pass one count per class in order {list(classes)}"
             )
+        counts = list(counts)
         if len(counts) != len(classes):
             raise ValueError(
                 f"{fn}: counts has {len(counts)} values but there are {len(classes)} classes; "
@@ -254,15 +259,13 @@ def _resolve_counts(
         bad = [c for c in counts if not _is_int(c) or c < 0]
         if bad:
             raise ValueError(
-                f"{fn}: counts must be non-negative ints, got {list(counts)!r}; "
-                f"fix the value(s) {bad!r}"
+                f"{fn}: counts must be non-negative ints, got {list(counts)!r}; fix the value(s) {bad!r}"
             )
         return [int(c) for c in counts]
     if per_class is not None:
         if not _is_int(per_class) or per_class < 0:
             raise ValueError(
-                f"{fn}: per_class must be a non-negative int, got {per_class!r}; "
-                "pass e.g. per_class=20"
+                f"{fn}: per_class must be a non-negative int, got {per_class!r}; pass e.g. per_class=20"
             )
         return [int(per_class)] * len(classes)
     return list(default)
@@ -270,9 +273,7 @@ def _resolve_counts(
 
 def _check_size(fn: str, size) -> None:
     if not _is_int(size) or size < MIN_SIZE:
-        raise ValueError(
-            f"{fn}: size must be an int >= {MIN_SIZE}, got {size!r}; pass a larger size"
-        )
+        raise ValueError(f"{fn}: size must be an int >= {MIN_SIZE}, got {size!r}; pass a larger size")
 
 
 def _check_seed(fn: str, seed) -> None:
@@ -342,9 +343,7 @@ def _reproducible_zip(data: bytes) -> bytes:
         for info in src.infolist():
             content = src.read(info.filename)
             if info.filename == "docProps/core.xml":
-                content = _CORE_DATES.sub(
-                    lambda m: m.group(1) + _FIXED_W3CDTF.encode() + m.group(2), content
-                )
+                content = _CORE_DATES.sub(lambda m: m.group(1) + _FIXED_W3CDTF.encode() + m.group(2), content)
             member = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
             member.compress_type = zipfile.ZIP_DEFLATED
             member.external_attr = 0o600 << 16
@@ -413,10 +412,6 @@ class _Grid:
         c = (np.arange(size, dtype=np.float32) + 0.5) / size
         self.x = c[None, :]
         self.y = c[:, None]
-
-
-def _grid(size: int) -> _Grid:
-    return _Grid(size)
 
 
 def _window(grid: _Grid, cx: float, cy: float, extent: float):
@@ -651,7 +646,8 @@ def _mias_image(rng: np.random.Generator, grid: _Grid, film: dict):
         for _ in range(int(rng.integers(40, 80))):
             pu, py = inside_point(0.8)
             px = pu if film["left"] else 1.0 - pu
-            _add_gauss(img, grid, px, py, 0.004, 0.004, rng.uniform(110, 150))
+            sigma = rng.uniform(*_SPECK_SIGMA)
+            _add_gauss(img, grid, px, py, sigma, sigma, rng.uniform(110, 150))
         rows.append(f"{ref} {bg} CALC {film['severity']}")
         return _finish(img, rng, rng.uniform(2, 5)), rows
 
@@ -684,57 +680,30 @@ def _mias_image(rng: np.random.Generator, grid: _Grid, film: dict):
 def _draw_lesion(img, grid, rng, label: str, cx: float, cy: float, r: float) -> None:
     """Add the class-specific bright shape of radius `r` centred on (cx, cy), image fractions."""
     if label == "CIRC":  # well-defined round mass
-        _add_disc(img, grid, cx, cy, r, rng.uniform(85, 115), edge=0.08)
-    elif label == "SPIC":  # dense core with radiating spicules
-        _add_disc(img, grid, cx, cy, 0.4 * r, rng.uniform(85, 110), edge=0.3)
-        k = int(rng.integers(10, 18))
-        _add_rays(
-            img,
-            grid,
-            cx,
-            cy,
-            rng.uniform(0, 2 * np.pi, k),
-            r * rng.uniform(0.9, 1.4, k),
-            0.045 * r,
-            rng.uniform(65, 90),
-        )
-    elif label == "CALC":  # cluster of tiny bright specks
-        for _ in range(int(rng.integers(12, 30))):
+        _add_disc(img, grid, cx, cy, r, rng.uniform(85, 115), edge=0.06)
+    elif label == "SPIC":  # dense core with long radiating spicules
+        _add_disc(img, grid, cx, cy, 0.35 * r, rng.uniform(90, 110), edge=0.3)
+        k = int(rng.integers(8, 14))
+        angles = rng.uniform(0, 2 * np.pi, k)
+        _add_rays(img, grid, cx, cy, angles, r * rng.uniform(1.1, 1.8, k), 0.07 * r, rng.uniform(70, 95))
+    elif label == "CALC":  # cluster of small bright specks
+        for _ in range(int(rng.integers(10, 25))):
             rho, phi = r * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
+            sigma = rng.uniform(*_SPECK_SIGMA)
             _add_gauss(
-                img,
-                grid,
-                cx + rho * np.cos(phi),
-                cy + rho * np.sin(phi),
-                0.004,
-                0.004,
-                rng.uniform(110, 150),
+                img, grid, cx + rho * np.cos(phi), cy + rho * np.sin(phi), sigma, sigma, rng.uniform(120, 160)
             )
     elif label == "MISC":  # ill-defined lobulated mass
         for _ in range(int(rng.integers(3, 6))):
-            rho, phi = 0.4 * r * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-            sigma = r * rng.uniform(0.3, 0.5)
+            rho, phi = 0.45 * r * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
+            sigma = r * rng.uniform(0.3, 0.45)
             _add_gauss(
-                img,
-                grid,
-                cx + rho * np.cos(phi),
-                cy + rho * np.sin(phi),
-                sigma,
-                sigma,
-                rng.uniform(40, 65),
+                img, grid, cx + rho * np.cos(phi), cy + rho * np.sin(phi), sigma, sigma, rng.uniform(45, 65)
             )
     elif label == "ARCH":  # converging lines, no central mass
-        k = int(rng.integers(12, 20))
-        _add_rays(
-            img,
-            grid,
-            cx,
-            cy,
-            rng.uniform(0, 2 * np.pi, k),
-            r * rng.uniform(1.0, 1.6, k),
-            0.03 * r,
-            rng.uniform(55, 80),
-        )
+        k = int(rng.integers(10, 16))
+        angles = rng.uniform(0, 2 * np.pi, k)
+        _add_rays(img, grid, cx, cy, angles, r * rng.uniform(1.0, 1.7, k), 0.07 * r, rng.uniform(65, 85))
     elif label == "ASYM":  # large faint elongated density
         _add_gauss(
             img,
@@ -742,8 +711,8 @@ def _draw_lesion(img, grid, rng, label: str, cx: float, cy: float, r: float) -> 
             cx,
             cy,
             r * rng.uniform(0.6, 0.9),
-            r * rng.uniform(0.35, 0.55),
-            rng.uniform(45, 65),
+            r * rng.uniform(0.3, 0.45),
+            rng.uniform(55, 75),
             angle=rng.uniform(0, np.pi),
         )
     else:  # pragma: no cover - the layout only produces MIAS_CLASSES

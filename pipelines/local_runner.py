@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import sys
 import tempfile
@@ -33,6 +34,8 @@ class StepLog:
         self.last_error: str | None = None
 
     def write(self, text: str) -> int:
+        if self.file.closed:  # a kfp.local logging handler can outlive the run
+            return len(text)
         self.file.write(text)
         for line in text.splitlines():
             if "finished with status" in line or "Executing task" in line:
@@ -43,10 +46,19 @@ class StepLog:
         return len(text)
 
     def flush(self) -> None:
-        self.file.flush()
+        if not self.file.closed:
+            self.file.flush()
 
     def close(self) -> None:
         self.file.close()
+
+
+def drop_handlers_writing_to(stream) -> None:
+    """kfp.local's parallel tasks can leave a root handler on our stream behind: remove it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "stream", None) is stream:
+            root.removeHandler(handler)
 
 
 def run_local(
@@ -102,4 +114,5 @@ def run_local(
         raise PipelineFailed(f"pipeline step failed: {reason} (log: {log.file.name})") from None
     finally:
         log.close()
+        drop_handlers_writing_to(log)
     return json.loads(task.output)

@@ -2,13 +2,13 @@
 
 from kfp import dsl, kubernetes
 
-from medkfp.components.balance.component import balance_op
-from medkfp.components.evaluate.component import evaluate_op
-from medkfp.components.grid.component import grid_op
-from medkfp.components.ingest.component import ingest_op
-from medkfp.components.preprocess.component import preprocess_op
-from medkfp.components.push.component import push_op
-from medkfp.components.train.component import train_op
+from medkfp.components.balance import component as balance_step
+from medkfp.components.evaluate import component as evaluate_step
+from medkfp.components.grid import component as grid_step
+from medkfp.components.ingest import component as ingest_step
+from medkfp.components.preprocess import component as preprocess_step
+from medkfp.components.push import component as push_step
+from medkfp.components.train import component as train_step
 from medkfp.pipelines import configs as c
 
 
@@ -40,26 +40,28 @@ def medkfp_pipeline(
     min_delta: float = c.DEFAULT_MIN_DELTA,
 ) -> str:
     ingest = with_store_credentials(
-        ingest_op(dataset=dataset, source=source, store=store, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-    ).set_display_name("ingest")
+        ingest_step.ingest(
+            dataset=dataset, source=source, store=store, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        )
+    )
     preprocess = with_store_credentials(
-        preprocess_op(
+        preprocess_step.preprocess(
             manifest=ingest.outputs["manifest"],
             image_size=image_size,
             test_fraction=test_fraction,
             val_fraction=val_fraction,
             seed=seed,
         )
-    ).set_display_name("preprocess")
-    candidates = grid_op(grid=grid).set_display_name("grid")
+    )
+    candidates = grid_step.grid(grid=grid)
 
     with dsl.ParallelFor(candidates.output, parallelism=c.TRAIN_PARALLELISM) as candidate:
         balance = with_store_credentials(
-            balance_op(dataset=preprocess.outputs["dataset"], candidate=candidate, seed=seed)
-        ).set_display_name("balance")
+            balance_step.balance(dataset=preprocess.outputs["dataset"], candidate=candidate, seed=seed)
+        )
         train = on_gpu_node(
             with_store_credentials(
-                train_op(
+                train_step.train(
                     dataset=preprocess.outputs["dataset"],
                     balanced=balance.outputs["balanced"],
                     candidate=candidate,
@@ -67,13 +69,13 @@ def medkfp_pipeline(
                     seed=seed,
                 )
             )
-        ).set_display_name("train")
+        )
         evaluate = with_store_credentials(
-            evaluate_op(dataset=preprocess.outputs["dataset"], model=train.outputs["model"])
-        ).set_display_name("evaluate")
+            evaluate_step.evaluate(dataset=preprocess.outputs["dataset"], model=train.outputs["model"])
+        )
 
     push = with_store_credentials(
-        push_op(
+        push_step.push(
             evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
             manifest=ingest.outputs["manifest"],
             dataset=preprocess.outputs["dataset"],
@@ -81,5 +83,5 @@ def medkfp_pipeline(
             model_name=model_name,
             min_delta=min_delta,
         )
-    ).set_display_name("push")
+    )
     return push.outputs["Output"]

@@ -7,7 +7,7 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def balance_op(dataset: Input[Artifact], candidate: dict, seed: int, balanced: Output[Artifact]):
+def balance(dataset: Input[Artifact], candidate: dict, seed: int, balanced: Output[Artifact]):
     """Resample the train split for the candidate's balancing strategy."""
     from medkfp.artifacts import read_json_artifact, write_json_artifact
     from medkfp.components.balance.logic import balance

@@ -7,7 +7,7 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def evaluate_op(
+def evaluate(
     dataset: Input[Artifact],
     model: Input[Model],
     evaluation: Output[Artifact],

@@ -7,7 +7,7 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def grid_op(grid: str) -> list[dict]:
+def grid(grid: str) -> list[dict]:
     """Expand the experiment grid into the candidate list."""
     from medkfp.components.grid.logic import expand_grid
 

@@ -7,7 +7,7 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def ingest_op(dataset: str, source: str, store: str, run_id: str, manifest: Output[Artifact]):
+def ingest(dataset: str, source: str, store: str, run_id: str, manifest: Output[Artifact]):
     """Scan and check the raw images, upload them, write the manifest."""
     from medkfp.artifacts import write_json_artifact
     from medkfp.components.ingest.logic import ingest

@@ -7,7 +7,7 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def preprocess_op(
+def preprocess(
     manifest: Input[Artifact],
     image_size: int,
     test_fraction: float,

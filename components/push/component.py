@@ -8,7 +8,7 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def push_op(
+def push(
     evaluations: Input[list[Artifact]],
     manifest: Input[Artifact],
     dataset: Input[Artifact],

@@ -7,7 +7,7 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def train_op(
+def train(
     dataset: Input[Artifact],
     balanced: Input[Artifact],
     candidate: dict,

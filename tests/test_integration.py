@@ -1,0 +1,164 @@
+"""End to end: `medkfp run` through kfp.local and a loopback S3 server, then `medkfp serve`
+answering Predict / GetModelMetadata / GetModelStatus to a client built only from the
+tensorflow-serving-api stubs."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import write_shapes_folder
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from medkfp import vocab
+from medkfp.cli import main
+from medkfp.serving.client import predict
+from medkfp.serving.server import start_server
+from medkfp.synth import synth_covid
+
+pytestmark = pytest.mark.integration
+
+SUMMARY_KEYS = {"dataset", "counts", "candidates", "selected", "selection_metric", "pushed", "push_reason"}
+
+
+def run_cli(*args: str) -> None:
+    assert main(list(args)) == 0
+
+
+def check_summary(summary: dict, dataset: str, class_names) -> None:
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["dataset"] == dataset
+    counts = summary["counts"]
+    assert counts["found"] == counts["accepted"] + counts["rejected"]
+    assert counts["train"] + counts["val"] + counts["test"] == counts["accepted"]
+    assert [c["name"] for c in summary["candidates"]] == [
+        "simple-cnn-none", "simple-cnn-undersample", "simple-cnn-oversample",
+    ]
+    for candidate in summary["candidates"]:
+        metrics = candidate["metrics"]
+        assert metrics["class_names"] == list(class_names)
+        assert np.array(metrics["confusion_matrix"]).sum() == counts["test"]
+        assert set(metrics["per_class"]) == set(class_names)
+    assert summary["selection_metric"] == "macro_f1"
+    best = max(c["metrics"]["macro_f1"] for c in summary["candidates"])
+    selected = next(c for c in summary["candidates"] if c["name"] == summary["selected"])
+    assert selected["metrics"]["macro_f1"] == best
+
+
+def stub_predict(channel, model: str, images: list[bytes], **spec) -> predict_pb2.PredictResponse:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = vocab.SIGNATURE
+    if "version" in spec:
+        request.model_spec.version.value = spec["version"]
+    if "label" in spec:
+        request.model_spec.version_label = spec["label"]
+    request.inputs[vocab.INPUT_KEY].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+
+
+def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
+    synth_covid(tmp_path / "data", per_class=40, size=96, seed=1)
+    synth_covid(tmp_path / "unseen", per_class=2, size=96, seed=99)
+    summary_path = tmp_path / "summary.json"
+    run_cli("run", "--dataset", vocab.COVID, "--source", str(tmp_path / "data"), "--epochs", "12",
+            "--image-size", "48", "--summary", str(summary_path),
+            "--pipeline-root", str(tmp_path / "kfp"))
+    summary = json.loads(summary_path.read_text())
+    check_summary(summary, vocab.COVID, vocab.COVID_CLASSES)
+    assert summary["counts"]["accepted"] == 160
+    assert summary["pushed"] == {
+        "model_name": vocab.COVID, "version": 1, "uri": f"s3://medkfp/models/{vocab.COVID}/1",
+    }
+    assert summary["push_reason"] == "no champion yet"
+    assert all(c["model_uri"].startswith("s3://medkfp/runs/") for c in summary["candidates"])
+
+    root = tmp_path / "unseen" / vocab.COVID_ROOT
+    unseen = [(p.read_bytes(), c) for c in vocab.COVID_CLASSES for p in (root / c / "images").glob("*.png")]
+    images = [data for data, _ in unseen]
+    server = start_server("s3://medkfp", port=0)
+    try:
+        address = f"127.0.0.1:{server.port}"
+        # the project's client
+        result = predict(address, vocab.COVID, images)
+        assert result["version"] == 1
+        for p in result["predictions"]:
+            assert p["class"] in vocab.COVID_CLASSES
+            assert sum(p["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        right = sum(p["class"] == truth for p, (_, truth) in zip(result["predictions"], unseen))
+        assert right >= 6, result
+
+        # a client made only of tensorflow-serving-api stubs gets the same answers
+        with grpc.insecure_channel(address) as channel:
+            for spec in ({"version": 1}, {"label": vocab.STABLE_LABEL}, {}):
+                response = stub_predict(channel, vocab.COVID, images, **spec)
+                probabilities = tf.make_ndarray(response.outputs[vocab.OUTPUT_PROBABILITIES])
+                classes = tf.make_ndarray(response.outputs[vocab.OUTPUT_CLASSES])
+                assert probabilities.shape == (8, 4)
+                np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+                assert [c.decode() for c in classes] == [p["class"] for p in result["predictions"]]
+                assert response.model_spec.version.value == 1
+
+            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+            request.model_spec.name = vocab.COVID
+            metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request)
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            metadata.metadata["signature_def"].Unpack(signatures)
+            serving = signatures.signature_def[vocab.SIGNATURE]
+            assert serving.inputs[vocab.INPUT_KEY].dtype == tf.string.as_datatype_enum
+            assert set(serving.outputs) == {vocab.OUTPUT_PROBABILITIES, vocab.OUTPUT_CLASSES}
+
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = vocab.COVID
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request)
+            assert [(s.version, s.state) for s in status.model_version_status] == [
+                (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+            ]
+
+        # and `medkfp predict --json` prints the same classes
+        capsys.readouterr()
+        paths = [str(p) for c in vocab.COVID_CLASSES for p in (root / c / "images").glob("*.png")]
+        run_cli("predict", "--server", address, "--model", vocab.COVID, "--json", *paths)
+        printed = json.loads(capsys.readouterr().out)
+        assert [p["class"] for p in printed["predictions"]] == [p["class"] for p in result["predictions"]]
+    finally:
+        server.stop()
+
+    # the same run again trains the same model: the champion gate keeps v1
+    run_cli("run", "--dataset", vocab.COVID, "--source", str(tmp_path / "data"), "--epochs", "12",
+            "--image-size", "48", "--summary", str(summary_path),
+            "--pipeline-root", str(tmp_path / "kfp2"))
+    again = json.loads(summary_path.read_text())
+    assert again["pushed"] is None
+    assert again["push_reason"].startswith("not better than champion v1")
+
+
+def test_imagefolder_run_on_a_local_store(tmp_path):
+    folder = write_shapes_folder(tmp_path / "Shapes", per_class=30, size=32)
+    (folder / "plain" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    store = tmp_path / "store"
+    summary_path = tmp_path / "summary.json"
+    run_cli("run", "--dataset", vocab.IMAGEFOLDER, "--source", str(folder), "--image-size", "32",
+            "--epochs", "12", "--store", str(store), "--summary", str(summary_path),
+            "--pipeline-root", str(tmp_path / "kfp"))
+    summary = json.loads(summary_path.read_text())
+    check_summary(summary, vocab.IMAGEFOLDER, ["circles", "plain", "stripes"])
+    assert summary["counts"]["rejected"] == 1
+    assert summary["pushed"]["model_name"] == "shapes"
+
+    server = start_server(str(store), port=0)
+    try:
+        images = [(folder / c / f"{c}-0.png").read_bytes() for c in ("circles", "plain", "stripes")]
+        result = predict(f"127.0.0.1:{server.port}", "shapes", images)
+        assert [p["class"] for p in result["predictions"]] == ["circles", "plain", "stripes"]
+    finally:
+        server.stop()

@@ -1,0 +1,86 @@
+"""The compiled pipeline: six steps wired through a ParallelFor, GPU on train only, and the
+components' declared inputs and outputs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from medkfp import vocab
+from medkfp.cli import main
+from medkfp.pipelines import configs
+
+STEPS = ("ingest", "preprocess", "balance", "train", "evaluate", "push")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
+    assert main(["compile", "--out", str(out)]) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def all_tasks(spec) -> dict:
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_six_steps_plus_grid_fan_out(compiled):
+    spec, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"ingest", "preprocess", "grid", "for-loop-1", "push"}
+    loop = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert set(loop) == {"balance", "train", "evaluate"}
+    assert root["for-loop-1"]["iteratorPolicy"]["parallelismLimit"] == configs.TRAIN_PARALLELISM
+    assert set(STEPS) <= set(all_tasks(spec))
+    # push collects every candidate's evaluation
+    evaluations = root["push"]["inputs"]["artifacts"]["evaluations"]
+    assert evaluations["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+
+
+def test_gpu_request_toleration_and_retry_on_train_only(compiled):
+    spec, platform = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    with_gpu = {name for name, e in executors.items() if e["container"].get("resources")}
+    assert with_gpu == {"exec-train"}
+    accelerator = executors["exec-train"]["container"]["resources"]["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+    assert {n for n, p in platform.items() if "tolerations" in p} == {"exec-train"}
+    assert platform["exec-train"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    tasks = all_tasks(spec)
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == configs.TRAIN_RETRIES
+    assert [t for t, body in tasks.items() if "retryPolicy" in body] == ["train"]
+
+
+def test_every_step_runs_the_project_image_with_store_credentials(compiled):
+    spec, platform = compiled
+    for name in STEPS:
+        executor = spec["deploymentSpec"]["executors"][f"exec-{name}"]
+        assert executor["container"]["image"] == vocab.COMPONENT_IMAGE
+        env = platform[f"exec-{name}"]["secretAsEnv"][0]
+        assert env["secretName"] == configs.S3_SECRET
+        assert {k["envVar"] for k in env["keyToEnv"]} == set(configs.S3_SECRET_ENV.values())
+
+
+def test_components_declare_their_artifacts(compiled):
+    spec, _ = compiled
+    components = spec["components"]
+
+    def artifact_types(name, side):
+        defs = components[f"comp-{name}"][f"{side}Definitions"].get("artifacts", {})
+        return {k: v["artifactType"]["schemaTitle"] for k, v in defs.items()}
+
+    assert artifact_types("ingest", "output") == {"manifest": "system.Artifact"}
+    assert artifact_types("train", "output") == {"model": "system.Model"}
+    assert artifact_types("evaluate", "output") == {
+        "evaluation": "system.Artifact",
+        "confusion": "system.ClassificationMetrics",
+        "scores": "system.Metrics",
+    }
+    assert artifact_types("push", "input")["evaluations"] == "system.Artifact"
+    assert components["comp-push"]["inputDefinitions"]["artifacts"]["evaluations"]["isArtifactList"]
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"dataset", "source", "store", "grid", "epochs", "image_size", "min_delta"} <= set(parameters)
