@@ -5,8 +5,10 @@ film with two lungs, a breast on a mammogram) and a class-dependent pattern stro
 small CNN to learn from 32-64 px thumbnails in a few epochs. They exist so that ingest, training,
 evaluation and serving can run end to end without the real downloads.
 
-Every image is drawn from its own generator seeded with (seed, dataset, class, number), so the
-same seed gives byte-identical files and an image does not change when other counts change.
+Every image is drawn from its own generator seeded from (seed, dataset, class or film number), so
+the same seed gives byte-identical files (with the same numpy and Pillow). A COVID image does not
+change when other counts change; a MIAS film's class comes from a seeded shuffle of all counts.
+Unlike the real download, COVID masks have the image's size (the real masks are 256 x 256).
 """
 
 from __future__ import annotations

@@ -8,12 +8,14 @@ import logging
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from kfp import local
 
 from medkfp import vocab
 from medkfp.components.grid.logic import grid_json
+from medkfp.components.ingest.layouts import scan_source
 from medkfp.pipelines import configs as c
 from medkfp.pipelines.pipeline import medkfp_pipeline
 from medkfp.store import open_store
@@ -87,6 +89,7 @@ def run_local(
     store_uri = open_store(store).uri
     if not source.startswith("s3://"):
         source = str(Path(source).absolute())
+        scan_source(dataset, source)  # a wrong layout fails here, before any step starts
     arguments = dict(
         dataset=dataset,
         source=source,
@@ -106,7 +109,11 @@ def run_local(
     echo.write(f"kfp.local run; step logs in {log.file.name}\n")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     try:
-        with contextlib.redirect_stdout(log):
+        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+            # Steps run in this environment rather than their image, and platform settings
+            # (GPU, tolerations) are ignored locally: both by design, not worth a warning.
+            warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)
+            warnings.filterwarnings("ignore", ".*no effect in the current local runner", UserWarning)
             task = medkfp_pipeline(**arguments)
     except RuntimeError as e:
         log.flush()
