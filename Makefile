@@ -33,6 +33,10 @@ demo: setup ## Whole flow on this machine: S3 server, synth data, pipeline run, 
 compile: setup ## Compile the pipeline to pipeline.yaml
 	$(VENV)/bin/medkfp compile --out pipeline.yaml
 
+bench: setup ## Benchmarks: preprocess throughput and memory, predict latency and throughput
+	$(PY) bench/preprocess_bench.py
+	$(PY) bench/predict_bench.py
+
 lint: setup ## Lint with ruff
 	$(VENV)/bin/ruff check .
 

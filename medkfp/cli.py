@@ -29,14 +29,37 @@ def cmd_synth(args) -> None:
     print(json.dumps({"dataset": args.dataset, "out": str(args.out), "counts": written}))
 
 
+def cmd_plan(args) -> None:
+    from medkfp.plan import plan, render
+
+    report = plan(
+        args.dataset,
+        args.source,
+        label=args.label,
+        test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        max_rejected_fraction=args.max_rejected_fraction,
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report)
+    if report["problems"]:  # the report is out; the status says a run would stop
+        raise UsageError(report["problems"][0])
+
+
 def cmd_run(args) -> None:
     from medkfp.pipelines.local_runner import run_local
 
-    if args.label != "class":
-        raise UsageError("--label severity needs the mias dataset, which this version cannot ingest yet")
+    if args.label != "class" and args.dataset != vocab.MIAS:
+        raise UsageError(f"--label {args.label} needs --dataset {vocab.MIAS}: {args.dataset} has no severity")
     summary = run_local(
         dataset=args.dataset,
         source=args.source,
+        label=args.label,
+        max_rejected_fraction=args.max_rejected_fraction,
         store=args.store,
         model_name=args.name,
         grid=args.grid,
@@ -46,6 +69,10 @@ def cmd_run(args) -> None:
         val_fraction=args.val_fraction,
         seed=args.seed,
         min_delta=args.min_delta,
+        selection_metric=args.selection_metric,
+        min_recall=parse_min_recall(args.min_recall),
+        weights=args.weights or "",
+        freeze_backbone=args.freeze_backbone,
         pipeline_root=args.pipeline_root,
     )
     if args.summary:
@@ -60,16 +87,18 @@ def print_summary(summary: dict) -> None:
 
     counts = summary["counts"]
     table = Table(title=f"{summary['dataset']}: candidates on the test split")
-    for column in ("candidate", "accuracy", "balanced acc.", "macro-F1", ""):
+    for column in ("candidate", "accuracy", "balanced acc.", "macro-F1", "ROC-AUC", ""):
         table.add_column(column)
     for c in summary["candidates"]:
         m = c["metrics"]
+        roc = m.get("macro_roc_auc")
         table.add_row(
             c["name"],
             f"{m['accuracy']:.4f}",
             f"{m['balanced_accuracy']:.4f}",
             f"{m['macro_f1']:.4f}",
-            "selected" if c["name"] == summary["selected"] else "",
+            "n/a" if roc is None else f"{roc:.4f}",
+            f"selected by {summary['selection_metric']}" if c["name"] == summary["selected"] else "",
         )
     console = Console()
     console.print(
@@ -77,6 +106,8 @@ def print_summary(summary: dict) -> None:
         f"rejected {counts['rejected']}; train {counts['train']} / val {counts['val']} / "
         f"test {counts['test']}"
     )
+    for reject in summary.get("rejects", []):
+        console.print(f"  rejected {reject['path']}: {reject['reason']}", markup=False, highlight=False)
     console.print(table)
     pushed = summary["pushed"]
     if pushed:
@@ -86,20 +117,95 @@ def print_summary(summary: dict) -> None:
         console.print(f"nothing pushed: {summary['push_reason']}")
 
 
+def parse_min_recall(items: list[str] | None) -> dict[str, float]:
+    """--min-recall CLASS=X (repeatable) -> {class: floor}. Raises UsageError."""
+    floors = {}
+    for item in items or []:
+        name, _, value = item.rpartition("=")
+        try:
+            floor = float(value)
+        except ValueError:
+            floor = None
+        if not name or floor is None:
+            raise UsageError(f"--min-recall {item!r}: use CLASS=FLOOR, e.g. --min-recall COVID=0.95")
+        floors[name] = floor
+    return floors
+
+
 def cmd_compile(args) -> None:
     from medkfp.pipelines.compile import compile_pipeline
 
-    print(compile_pipeline(args.out))
+    gpu_node = configs.GpuNode(
+        gpus=args.gpus,
+        node_selector=configs.parse_node_selector(args.gpu_node_selector or []),
+        tolerations=tuple(configs.parse_toleration(t) for t in args.gpu_toleration)
+        if args.gpu_toleration else configs.GpuNode().tolerations,
+    )
+    print(compile_pipeline(args.out, gpu_node))
+
+
+def cmd_evaluate(args) -> None:
+    from medkfp.components.evaluate.external import evaluate_external
+
+    result = evaluate_external(args.model, args.source, args.dataset, report_path=args.report)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    m = result["metrics"]
+    counts = result["counts"]
+    print(f"{result['model']} on {result['source']} ({result['dataset']}): "
+          f"{counts['accepted']} images scored, {counts['rejected']} rejected")
+    roc = m["macro_roc_auc"]
+    print(f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
+          f"macro-F1 {m['macro_f1']:.4f}  weighted F1 {m['weighted_f1']:.4f}  "
+          f"macro ROC-AUC {'n/a' if roc is None else f'{roc:.4f}'}")
+    for name, c in m["per_class"].items():
+        print(f"  {name:<20} precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+              f"specificity {c['specificity']:.3f}  F1 {c['f1']:.3f}  support {c['support']}")
+    if args.report:
+        print(f"report: {args.report}")
 
 
 def cmd_serve(args) -> None:
-    from medkfp.serving.server import serve
+    from medkfp.serving.server import RequestLimits, serve
+    from medkfp.serving.tfserving import TF_SERVING, choose_engine, serve_with_tfserving
 
-    serve(args.store, port=args.port, host=args.host)
+    if choose_engine(args.engine) == TF_SERVING:
+        model_dir = args.model_dir or vocab.DEFAULT_SERVING_DIR
+        serve_with_tfserving(args.store, model_dir, port=args.port, poll_interval=args.poll)
+        return
+    source = args.store
+    if args.model_dir:
+        from medkfp.serving.sync import MirrorStore
+
+        if args.store:
+            raise UsageError("the built-in server serves --store or a --model-dir mirror, not both")
+        source = MirrorStore(args.model_dir)
+    serve(
+        source, port=args.port, host=args.host, poll_interval=args.poll,
+        limits=RequestLimits(args.max_image_pixels, args.max_batch),
+        max_message_bytes=args.max_request_mb * 1024 * 1024,
+    )
+
+
+def cmd_serving_sync(args) -> None:
+    import threading
+
+    from medkfp.serving.server import stop_on_signals
+    from medkfp.serving.sync import ServingSync
+    from medkfp.store import open_store
+
+    sync = ServingSync(open_store(args.store), args.dir, server=args.server)
+    if args.once or args.interval <= 0:
+        print(json.dumps(sync.sync_once().to_dict()))
+        return
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        sync.run(args.interval, stop, on_pass=lambda r: print(json.dumps(r.to_dict()), flush=True))
 
 
 def cmd_predict(args) -> None:
-    from medkfp.serving.client import predict
+    from medkfp.serving.client import predict, rest_response
 
     images = []
     for path in args.images:
@@ -109,8 +215,11 @@ def cmd_predict(args) -> None:
             raise UsageError(f"cannot read image {path}: {e.strerror}") from None
     result = predict(
         args.server, args.model, images, version=args.version, label=args.label,
-        timeout=args.timeout,
+        timeout=args.timeout, retries=args.retries, backoff=args.backoff,
     )
+    if args.rest_json:
+        print(json.dumps(rest_response(result), indent=2))
+        return
     if args.json:
         for path, p in zip(args.images, result["predictions"]):
             p["image"] = path
@@ -131,28 +240,61 @@ def cmd_models_list(args) -> None:
     from medkfp.store import open_store
 
     repository = ModelRepository(open_store(args.store))
-    stable = repository.stable_version(args.model)
-    rows = []
-    for version in repository.complete_versions(args.model):
-        metadata = repository.metadata(args.model, version)
-        rows.append({
-            "version": version,
-            "stable": version == stable,
-            "candidate": metadata["candidate"]["name"],
-            "macro_f1": metadata["metrics"]["macro_f1"],
-            "accuracy": metadata["metrics"]["accuracy"],
-            "created": metadata["created"],
-            "run_id": metadata["run_id"],
-        })
+    rows = repository.versions(args.model)
     if not rows:
         raise UsageError(f"no versions of model {args.model!r} in {repository.store.uri}")
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+
+    def score(value) -> str:
+        return f"{value:.4f}" if value is not None else "  n/a "
+
+    print("* stable, + loaded")
     for r in rows:
-        mark = "*" if r["stable"] else " "
-        print(f"{mark} v{r['version']}  {r['candidate']:<28} macro-F1 {r['macro_f1']:.4f}  "
-              f"accuracy {r['accuracy']:.4f}  {r['created']}  run {r['run_id']}")
+        mark = "*" if r["stable"] else "+" if r["loaded"] else " "
+        candidate = r["candidate"] or "(external)"
+        print(f"{mark} v{r['version']}  {candidate:<28} macro-F1 {score(r['macro_f1'])}  "
+              f"accuracy {score(r['accuracy'])}  {r['created']}  run {r['run_id']}")
+
+
+def cmd_models_publish(args) -> None:
+    from medkfp.model_repository import ModelRepository
+    from medkfp.store import open_store
+
+    metadata = {}
+    if args.metadata:
+        try:
+            metadata = json.loads(Path(args.metadata).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"cannot read --metadata {args.metadata}: {e}") from None
+    if args.class_names:
+        metadata["class_names"] = [c.strip() for c in args.class_names.split(",")]
+    metadata.setdefault("source_model_uri", str(Path(args.saved_model).absolute()))
+    repository = ModelRepository(open_store(args.store))
+    version = repository.publish(args.model, args.saved_model, metadata, keep=args.keep)
+    print(json.dumps({
+        "model": args.model, "version": version, "stable": version,
+        "loaded": repository.served_versions(args.model),
+        "uri": repository.store.uri_for(vocab.model_version_key(args.model, version)),
+    }))
+
+
+def cmd_models_rollback(args) -> None:
+    from medkfp.model_repository import ModelRepository
+    from medkfp.store import open_store
+
+    repository = ModelRepository(open_store(args.store))
+    before = repository.stable_version(args.model)
+    stable = repository.rollback(args.model, args.version)
+    print(json.dumps({
+        "model": args.model, "previous_stable": before, "stable": stable,
+        "loaded": repository.served_versions(args.model),
+    }))
+
+
+SOURCE_HELP = "the raw images: a folder, a .zip/.tar(.gz) download, or s3://bucket/prefix"
+MAX_REJECTED_HELP = "stop when more than this fraction of the files found is rejected (0-1)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,14 +311,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
+    s = sub.add_parser("plan", help="dry run: files found / accepted / rejected, splits, balancing, leakage")
+    s.add_argument("--dataset", required=True, choices=vocab.DATASETS)
+    s.add_argument("--source", required=True, help=SOURCE_HELP)
+    s.add_argument("--label", default="class", choices=vocab.LABELS)
+    s.add_argument("--test-fraction", type=float, default=configs.DEFAULT_TEST_FRACTION)
+    s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
+    s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
+    s.add_argument("--max-rejected-fraction", type=float, default=vocab.DEFAULT_MAX_REJECTED_FRACTION,
+                   help=MAX_REJECTED_HELP)
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_plan)
+
     s = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local)")
     s.add_argument("--dataset", required=True, choices=vocab.DATASETS)
-    s.add_argument("--source", required=True, help="folder of the raw images")
+    s.add_argument("--source", required=True, help=SOURCE_HELP)
+    s.add_argument("--max-rejected-fraction", type=float, default=vocab.DEFAULT_MAX_REJECTED_FRACTION,
+                   help=MAX_REJECTED_HELP)
     s.add_argument("--name", help="served model name (default: dataset or folder name)")
     s.add_argument("--label", default="class", choices=["class", "severity"])
-    s.add_argument("--grid", default=configs.DEFAULT_GRID, help="quick | a JSON/YAML grid file")
-    s.add_argument("--epochs", type=int, default=configs.DEFAULT_EPOCHS)
-    s.add_argument("--image-size", type=int, default=configs.DEFAULT_IMAGE_SIZE)
+    s.add_argument("--grid", default=configs.DEFAULT_GRID, help="quick | paper | a JSON/YAML grid file")
+    s.add_argument("--epochs", type=int, default=configs.DEFAULT_EPOCHS,
+                   help="epochs of every candidate (default: each candidate's own)")
+    s.add_argument("--image-size", type=int, default=configs.DEFAULT_IMAGE_SIZE,
+                   help="training size in px (default: the grid's, paper 224/256, else 64)")
+    s.add_argument("--weights", help="backbone weights for every candidate: imagenet | none | URI of "
+                   "a .weights.h5/.h5 file ({architecture} is replaced); default: the grid's")
+    s.add_argument("--freeze-backbone", action="store_true",
+                   help="train the dense head only (default: every layer trains)")
+    s.add_argument("--selection-metric", default=configs.DEFAULT_SELECTION_METRIC,
+                   choices=vocab.SELECTION_METRICS, help="pick the best candidate by this metric")
+    s.add_argument("--min-recall", action="append", metavar="CLASS=X",
+                   help="push only if CLASS's test recall is at least X (repeatable)")
     s.add_argument("--test-fraction", type=float, default=configs.DEFAULT_TEST_FRACTION)
     s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
     s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
@@ -188,13 +354,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compile", help="compile the pipeline YAML for the KFP UI")
     s.add_argument("--out", default="pipeline.yaml")
+    s.add_argument("--gpus", type=int, default=configs.GPU_COUNT, help="GPUs per train task")
+    s.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
+                   help="node label the train task needs (repeatable)")
+    s.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
+                   help="taint the train task tolerates (repeatable; default nvidia.com/gpu:NoSchedule)")
     s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("evaluate", help="score an existing model on another dataset (external validation)")
+    s.add_argument("--model", required=True,
+                   help="a model version in the store (s3://medkfp/models/NAME/N) or a SavedModel folder")
+    s.add_argument("--source", required=True, help=SOURCE_HELP)
+    s.add_argument("--dataset", choices=vocab.DATASETS,
+                   help="layout of the source (default: the model's dataset, else imagefolder)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--report", help="write the HTML report (per-class table, confusion matrix) here")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("serve", help="serve the model repository over TF Serving's gRPC API")
     s.add_argument("--store")
     s.add_argument("--port", type=int, default=vocab.DEFAULT_GRPC_PORT)
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--host", default="0.0.0.0", help="address the built-in server binds")
+    s.add_argument("--engine", choices=vocab.SERVING_ENGINES, default="auto",
+                   help="auto: tensorflow_model_server when it is on PATH, else the built-in server")
+    s.add_argument("--model-dir", help="TF Serving: the local mirror serving-sync keeps (default "
+                   f"{vocab.DEFAULT_SERVING_DIR}); built-in: serve this mirror instead of --store")
+    s.add_argument("--poll", type=float, default=5.0, help="seconds between models.config checks")
+    s.add_argument("--max-image-pixels", type=int, default=vocab.MAX_IMAGE_PIXELS,
+                   help="built-in: largest image (width x height) accepted, read from its header")
+    s.add_argument("--max-batch", type=int, default=256, help="built-in: most images per request")
+    s.add_argument("--max-request-mb", type=int, default=64, help="built-in: largest request message")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("serving-sync", help="mirror models.config and its versions for TF Serving")
+    s.add_argument("--store")
+    s.add_argument("--dir", required=True, help="the local folder TF Serving reads")
+    s.add_argument("--interval", type=float, default=10.0, help="seconds between passes; 0: one pass")
+    s.add_argument("--once", action="store_true", help="one pass, then exit")
+    s.add_argument("--server", help="HOST:PORT of the server reading the folder; labels then move "
+                   "only once it reports their new version AVAILABLE")
+    s.set_defaults(func=cmd_serving_sync)
 
     s = sub.add_parser("predict", help="send images to a model server over gRPC")
     s.add_argument("--server", required=True, help="HOST:PORT")
@@ -202,8 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     which = s.add_mutually_exclusive_group()
     which.add_argument("--version", type=int)
     which.add_argument("--label")
-    s.add_argument("--timeout", type=float, default=30.0)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    s.add_argument("--retries", type=int, default=2, help="retries when the server is UNAVAILABLE")
+    s.add_argument("--backoff", type=float, default=0.5, help="first retry delay in s, doubling")
+    output = s.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--rest-json", action="store_true",
+                        help="print it shaped like TF Serving's REST predict response")
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.set_defaults(func=cmd_predict)
 
@@ -214,6 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--store")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models_list)
+    m = models.add_parser("publish", help="publish a SavedModel trained elsewhere as the next stable version")
+    m.add_argument("--model", required=True)
+    m.add_argument("--saved-model", required=True, help="SavedModel folder with serving_default(image_bytes)")
+    m.add_argument("--store")
+    m.add_argument("--metadata", help="JSON file of metadata to store with it (class_names, metrics, ...)")
+    m.add_argument("--class-names", help="comma-separated class names, in the model's output order")
+    m.add_argument("--keep", type=int, default=vocab.DEFAULT_KEEP_VERSIONS,
+                   help="versions to keep in the repository (the served ones are always kept)")
+    m.set_defaults(func=cmd_models_publish)
+    m = models.add_parser("rollback", help="make the previous stable version stable again")
+    m.add_argument("--model", required=True)
+    m.add_argument("--store")
+    m.add_argument("--version", type=int, help="make this version stable instead of the previous one")
+    m.set_defaults(func=cmd_models_rollback)
     return p
 
 

@@ -1,27 +1,53 @@
 """The versioned model repository in the object store and its TF Serving `models.config`.
 
 Layout under the store root:
-    models/<model>/<version>/saved_model.pb, variables/..., metadata.json, MODEL_CARD.md
+    models/<model>/<version>/saved_model.pb, variables/..., MODEL_CARD.md, metadata.json
     models/models.config          (TF Serving model_config_list, text format)
-A version is named in models.config only after every file of it is uploaded and verified,
-and an existing version is never written again.
+
+Publishing uploads every file, reads each back and checks its sha256, writes metadata.json
+(its presence marks the version complete) and only then names the version in
+models.config, so a failed or interrupted publish leaves what is served unchanged. A
+version is never written again once complete, and version numbers are never reused: the
+highest-numbered folder is never deleted.
+
+models.config is the desired state: one entry per model, `specific` versions = the stable
+version and the one before it, the `stable` label on the stable one. The serving side
+(`medkfp serve`, `medkfp serving-sync` + TF Serving) moves the label only once the new
+version is loaded; see medkfp.serving.sync.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
+import tempfile
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import message, text_format
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from medkfp import vocab
 from medkfp.store import Store, StoreError
 
+log = logging.getLogger(__name__)
+
 CONFIG_KEY = f"{vocab.MODELS_PREFIX}/{vocab.MODELS_CONFIG}"
 # How many versions models.config keeps loaded: the stable one and the one before it.
 LOADED_VERSIONS = 2
+SERVE_TAG = "serve"
+# Model names become folder names (in the store, the mirror and caches): no path tricks.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+# Files of a version folder that publish writes itself; a SavedModel must not bring its own.
+RESERVED_FILES = (vocab.METADATA_FILE, vocab.MODEL_CARD_FILE)
+
+
+class InvalidModelError(ValueError):
+    """A SavedModel that medkfp cannot serve (e.g. no serving_default taking image_bytes)."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -36,17 +62,209 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_model_name(model: str) -> None:
+    """Raise ValueError unless `model` can name a served model (and a folder)."""
+    if not MODEL_NAME.match(model or ""):
+        raise ValueError(
+            f"invalid model name {model!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter, digit or '_'"
+        )
+
+
+# --- SavedModel checks ----------------------------------------------------------------------
+
+
+def read_signature_defs(saved_model_dir: str | Path) -> dict:
+    """The SignatureDefs of the `serve` MetaGraph of a SavedModel, as TF Serving reports them.
+
+    Raises InvalidModelError when saved_model.pb is missing or unreadable.
+    """
+    path = Path(saved_model_dir) / "saved_model.pb"
+    if not path.is_file():
+        raise InvalidModelError(
+            f"{saved_model_dir} is not a SavedModel (no saved_model.pb): "
+            "export it with Keras model.export() or medkfp.imaging.export_serving_model"
+        )
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString(path.read_bytes())
+    except message.DecodeError:
+        raise InvalidModelError(f"{path} is not a SavedModel protobuf: export the model again") from None
+    graphs = saved_model.meta_graphs
+    serving = [g for g in graphs if SERVE_TAG in g.meta_info_def.tags] or list(graphs[:1])
+    if not serving:
+        raise InvalidModelError(f"{path} holds no MetaGraph: export the model again")
+    return dict(serving[0].signature_def)
+
+
+def _dtype(info) -> str:
+    return types_pb2.DataType.Name(info.dtype)
+
+
+def check_servable(saved_model_dir: str | Path) -> dict:
+    """Check that a SavedModel has the serving contract medkfp clients rely on.
+
+    serving_default must take `image_bytes` (DT_STRING, shape [-1]) and return
+    `probabilities` (DT_FLOAT) and `classes` (DT_STRING). Returns a summary
+    {"signatures": [names], "inputs": {key: dtype}, "outputs": {key: dtype}} of
+    serving_default. Raises InvalidModelError with a one-line message naming what is wrong.
+    """
+    # __saved_model_init_op is TF's own bookkeeping, not a signature anyone calls.
+    signatures = {k: v for k, v in read_signature_defs(saved_model_dir).items() if not k.startswith("__")}
+    fix = (
+        f"export it with medkfp.imaging.export_serving_model, or give it a {vocab.SIGNATURE} "
+        f"signature taking {vocab.INPUT_KEY} (DT_STRING [-1]) and returning "
+        f"{vocab.OUTPUT_PROBABILITIES} (DT_FLOAT) and {vocab.OUTPUT_CLASSES} (DT_STRING)"
+    )
+    where = f"SavedModel {saved_model_dir}"
+    if vocab.SIGNATURE not in signatures:
+        names = ", ".join(sorted(signatures)) or "none"
+        raise InvalidModelError(f"{where} has no {vocab.SIGNATURE} signature (it has: {names}); {fix}")
+    signature = signatures[vocab.SIGNATURE]
+    image_bytes = signature.inputs.get(vocab.INPUT_KEY)
+    if image_bytes is None:
+        raise InvalidModelError(
+            f"{where}: {vocab.SIGNATURE} takes {', '.join(sorted(signature.inputs)) or 'no input'}, "
+            f"not {vocab.INPUT_KEY}; {fix}"
+        )
+    shape = image_bytes.tensor_shape
+    if image_bytes.dtype != types_pb2.DT_STRING or (not shape.unknown_rank and len(shape.dim) != 1):
+        dims = "?" if shape.unknown_rank else [d.size for d in shape.dim]
+        raise InvalidModelError(
+            f"{where}: input {vocab.INPUT_KEY} is {_dtype(image_bytes)} {dims}, "
+            f"not a batch of encoded images (DT_STRING [-1]); {fix}"
+        )
+    expected = {vocab.OUTPUT_PROBABILITIES: types_pb2.DT_FLOAT, vocab.OUTPUT_CLASSES: types_pb2.DT_STRING}
+    for key, dtype in expected.items():
+        info = signature.outputs.get(key)
+        if info is None or info.dtype != dtype:
+            got = _dtype(info) if info is not None else "missing"
+            raise InvalidModelError(f"{where}: {vocab.SIGNATURE} output {key} is {got}; {fix}")
+    return {
+        "signatures": sorted(signatures),
+        "inputs": {k: _dtype(v) for k, v in sorted(signature.inputs.items())},
+        "outputs": {k: _dtype(v) for k, v in sorted(signature.outputs.items())},
+    }
+
+
+def saved_model_files(saved_model_dir: Path) -> dict[str, Path]:
+    """relative path -> file of a SavedModel folder; raises InvalidModelError on reserved names."""
+    files = {
+        p.relative_to(saved_model_dir).as_posix(): p
+        for p in sorted(saved_model_dir.rglob("*"))
+        if p.is_file()
+    }
+    clash = sorted(set(files) & set(RESERVED_FILES))
+    if clash:
+        raise InvalidModelError(
+            f"{saved_model_dir} contains {', '.join(clash)}, which the repository writes itself: "
+            "move it out of the SavedModel folder"
+        )
+    return files
+
+
+# --- model card -----------------------------------------------------------------------------
+
+
+def _number(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _metric_rows(per_class: dict) -> str:
+    return "\n".join(
+        f"| {name} | "
+        + " | ".join(_number(m.get(k), 3) for k in ("precision", "recall", "specificity", "f1"))
+        + f" | {m.get('support', 'n/a')} |"
+        for name, m in per_class.items()
+    )
+
+
+def default_model_card(model: str, version: int, metadata: dict) -> str:
+    """A Markdown model card from a version's metadata: data, metrics, intended use, limits."""
+    metrics = metadata.get("metrics") or {}
+    candidate = metadata.get("candidate") or {}
+    classes = metadata.get("class_names") or metrics.get("class_names") or []
+    lines = [
+        f"# Model card: {model} v{version}",
+        "",
+        "## Model",
+        f"- Candidate: {candidate.get('name', 'unknown (published from outside the pipeline)')}",
+        f"- Classes: {', '.join(classes) if classes else 'see the model'}",
+        f"- Input: `{vocab.SIGNATURE}` takes `{vocab.INPUT_KEY}`, the encoded PNG/JPEG file "
+        "bytes; decoding, resizing and preprocessing run inside the graph.",
+        f"- Run: {metadata.get('run_id', 'n/a')}; created {metadata.get('created', 'n/a')}",
+        "",
+        "## Data",
+        f"- Dataset: {metadata.get('dataset', 'not recorded')}",
+    ]
+    if metrics:
+        lines += [
+            "",
+            "## Metrics (held-out test split)",
+            f"- Accuracy {_number(metrics.get('accuracy'))}, balanced accuracy "
+            f"{_number(metrics.get('balanced_accuracy'))}, macro-F1 {_number(metrics.get('macro_f1'))}",
+        ]
+        if metrics.get("per_class"):
+            lines += [
+                "",
+                "| class | precision | recall | specificity | F1 | support |",
+                "|---|---|---|---|---|---|",
+                _metric_rows(metrics["per_class"]),
+            ]
+    lines += [
+        "",
+        "## Intended use",
+        "Research and workflow support, such as ordering a reading worklist. Every output is "
+        "to be reviewed by a qualified reader.",
+        "",
+        "## Limitations",
+        "- Not for diagnosis without clinical validation on the target site's data and devices.",
+        "- Metrics come from a held-out split of the training source; other scanners, sites or "
+        "populations can perform worse.",
+        "- Classes not in the list above are forced into one of them.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- the repository -------------------------------------------------------------------------
+
+
+def desired_versions(repo: ModelRepository, entry) -> list[int]:
+    """The versions a models.config entry asks to be served, under its version policy.
+
+    `specific` lists them; `latest` means the N highest complete versions, `all` every
+    complete version; no policy at all means the highest complete one (TF Serving's default).
+    """
+    policy = entry.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "specific" and policy.specific.versions:
+        return sorted(set(policy.specific.versions))
+    complete = repo.complete_versions(entry.name)
+    if choice == "all":
+        return complete
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return complete[-max(count, 1) :]
+
+
 class ModelRepository:
-    """Publish, list and read model versions; read and write models.config."""
+    """Publish, list, roll back and prune model versions; read and write models.config."""
 
     def __init__(self, store: Store):
         self.store = store
 
     # --- config -------------------------------------------------------------------
     def read_config(self) -> model_server_config_pb2.ModelServerConfig:
+        """models.config (empty if none). Raises StoreError if it is not a valid config."""
         config = model_server_config_pb2.ModelServerConfig()
         if self.store.exists(CONFIG_KEY):
-            text_format.Parse(self.store.get_text(CONFIG_KEY), config)
+            try:
+                text_format.Parse(self.store.get_text(CONFIG_KEY), config)
+            except text_format.ParseError as e:
+                raise StoreError(
+                    f"{self.store.uri_for(CONFIG_KEY)} is not a TF Serving model config ({e}): "
+                    "fix it or publish/roll back a version to rewrite it"
+                ) from None
         return config
 
     def write_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -68,6 +286,11 @@ class ModelRepository:
         versions = list(entry.model_version_policy.specific.versions)
         return max(versions) if versions else None
 
+    def served_versions(self, model: str) -> list[int]:
+        """The versions models.config asks to keep loaded for `model` (empty if not served)."""
+        entry = self.config_entry(self.read_config(), model)
+        return desired_versions(self, entry) if entry is not None else []
+
     # --- versions -----------------------------------------------------------------
     def model_prefix(self, model: str) -> str:
         return f"{vocab.MODELS_PREFIX}/{model}"
@@ -83,6 +306,7 @@ class ModelRepository:
         return sorted(numbers)
 
     def complete_versions(self, model: str) -> list[int]:
+        """Versions whose metadata.json exists, i.e. uploaded and verified, lowest first."""
         return [
             v
             for v in self.version_numbers(model)
@@ -92,45 +316,132 @@ class ModelRepository:
     def metadata(self, model: str, version: int) -> dict:
         return self.store.get_json(vocab.model_version_key(model, version, vocab.METADATA_FILE))
 
+    def previous_version(self, model: str, version: int) -> int | None:
+        """The version that was stable when `version` was published, if still complete.
+
+        For versions published before medkfp recorded it, the highest complete version
+        below `version`. None when there is none.
+        """
+        complete = self.complete_versions(model)
+        metadata = self.metadata(model, version)
+        if "previous_version" in metadata:
+            previous = metadata["previous_version"]
+            if previous is None or previous in complete:
+                return previous
+        earlier = [v for v in complete if v < version]
+        return earlier[-1] if earlier else None
+
+    def versions(self, model: str) -> list[dict]:
+        """One row per complete version: metrics, which is stable, which are loaded."""
+        stable = self.stable_version(model)
+        loaded = set(self.served_versions(model))
+        rows = []
+        for version in self.complete_versions(model):
+            metadata = self.metadata(model, version)
+            metrics = metadata.get("metrics") or {}
+            rows.append({
+                "version": version,
+                "stable": version == stable,
+                "loaded": version in loaded,
+                "dataset": metadata.get("dataset"),
+                "candidate": (metadata.get("candidate") or {}).get("name"),
+                "macro_f1": metrics.get("macro_f1"),
+                "accuracy": metrics.get("accuracy"),
+                "created": metadata.get("created"),
+                "run_id": metadata.get("run_id"),
+                "previous_version": metadata.get("previous_version"),
+            })
+        return rows
+
+    # --- publish --------------------------------------------------------------------
     def publish(
         self,
         model: str,
         saved_model_dir: str | Path,
         metadata: dict,
         model_card: Callable[[int], str] | None = None,
+        keep: int | None = vocab.DEFAULT_KEEP_VERSIONS,
     ) -> int:
         """Upload a SavedModel as the next version, verify it, then name it in models.config.
 
-        Returns the new version number. Raises StoreError if verification fails; the
-        config is then left as it was.
+        `metadata` (dataset, candidate, class_names, metrics, run_id, created, ...) is stored
+        with the version plus model_name, version, previous_version, signature and the
+        sha256 of every file. `model_card(version)` renders MODEL_CARD.md (default:
+        default_model_card). Afterwards only the newest `keep` versions are kept (plus the
+        served ones); None keeps all. Returns the new version number.
+
+        Raises ValueError (InvalidModelError) for a bad name or a SavedModel without the
+        serving contract, StoreError if an upload or its verification fails; models.config
+        is then left as it was.
         """
+        check_model_name(model)
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be at least 1 version, got {keep}")
         saved_model_dir = Path(saved_model_dir)
-        if not (saved_model_dir / "saved_model.pb").is_file():
-            raise StoreError(f"{saved_model_dir} is not a SavedModel (no saved_model.pb)")
+        signature = check_servable(saved_model_dir)
+        files = saved_model_files(saved_model_dir)
+        previous = self.stable_version(model)
         version = max(self.version_numbers(model), default=0) + 1
         prefix = vocab.model_version_key(model, version)
-        files = {
-            p.relative_to(saved_model_dir).as_posix(): sha256_file(p)
-            for p in sorted(saved_model_dir.rglob("*"))
-            if p.is_file()
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        metadata = {
+            "created": now,
+            **metadata,
+            "model_name": model,
+            "version": version,
+            "previous_version": previous,
+            "published": now,
+            "signature": signature,
         }
-        self.store.upload_dir(saved_model_dir, prefix)
-        if model_card:
-            self.store.put_text(f"{prefix}/{vocab.MODEL_CARD_FILE}", model_card(version))
-        self._verify(prefix, files)
-        metadata = {**metadata, "model_name": model, "version": version, "files": files}
+        if self.store.list_keys(prefix + "/"):
+            raise StoreError(
+                f"{self.store.uri_for(prefix)} is not empty: another publish is writing this version; "
+                "publish again"
+            )
+        card = (model_card or (lambda v: default_model_card(model, v, metadata)))(version)
+        checksums = self._upload(prefix, files, card)
+        self._verify(prefix, checksums)
         # metadata.json is written last: its presence marks the version complete.
-        self.store.put_json(f"{prefix}/{vocab.METADATA_FILE}", metadata)
-        self._serve(model, version)
+        self._write_once(f"{prefix}/{vocab.METADATA_FILE}", {**metadata, "files": checksums})
+        self._set_served(model, version, previous)
+        log.info("published model %s version %d (%d files)", model, version, len(checksums))
+        if keep is not None:
+            self._prune_quietly(model, keep)
         return version
 
-    def _verify(self, prefix: str, files: dict[str, str]) -> None:
-        for name, digest in files.items():
-            got = sha256_bytes(self.store.get_bytes(f"{prefix}/{name}"))
-            if got != digest:
-                raise StoreError(f"upload of {self.store.uri_for(prefix)}/{name} is corrupt")
+    def _upload(self, prefix: str, files: dict[str, Path], card: str) -> dict[str, str]:
+        """Upload the SavedModel files and the card; returns relative path -> sha256."""
+        checksums = {}
+        for relative, path in files.items():
+            checksums[relative] = sha256_file(path)
+            self.store.put_file(f"{prefix}/{relative}", path)
+        self.store.put_text(f"{prefix}/{vocab.MODEL_CARD_FILE}", card)
+        checksums[vocab.MODEL_CARD_FILE] = sha256_bytes(card.encode())
+        return checksums
 
-    def _serve(self, model: str, version: int) -> None:
+    def _verify(self, prefix: str, checksums: dict[str, str]) -> None:
+        """Read every uploaded file back; raises StoreError if one differs from its sha256."""
+        with tempfile.TemporaryDirectory(prefix="medkfp-verify-") as tmp:
+            for i, (relative, digest) in enumerate(sorted(checksums.items())):
+                local = Path(tmp) / str(i)
+                self.store.get_file(f"{prefix}/{relative}", local)
+                if sha256_file(local) != digest:
+                    raise StoreError(
+                        f"upload of {self.store.uri_for(prefix)}/{relative} is corrupt "
+                        "(sha256 differs): publish again"
+                    )
+                local.unlink()
+
+    def _write_once(self, key: str, payload: dict) -> None:
+        if self.store.exists(key):
+            raise StoreError(
+                f"{self.store.uri_for(key)} already exists: another publish took this version "
+                "at the same time; publish again"
+            )
+        self.store.put_json(key, payload)
+
+    def _set_served(self, model: str, stable: int, previous: int | None) -> None:
+        """Name `stable` (labelled) and `previous` as the loaded versions of `model`."""
         config = self.read_config()
         entry = self.config_entry(config, model)
         if entry is None:
@@ -138,8 +449,78 @@ class ModelRepository:
             entry.name = model
             entry.base_path = f"{vocab.SERVING_BASE_DIR}/{model}"
             entry.model_platform = "tensorflow"
-        keep = sorted({*entry.model_version_policy.specific.versions, version})
-        del entry.model_version_policy.specific.versions[:]
-        entry.model_version_policy.specific.versions.extend(keep[-LOADED_VERSIONS:])
-        entry.version_labels[vocab.STABLE_LABEL] = version
+        versions = sorted({v for v in (previous, stable) if v is not None})[-LOADED_VERSIONS:]
+        entry.model_version_policy.specific.Clear()
+        entry.model_version_policy.specific.versions.extend(versions)
+        entry.version_labels[vocab.STABLE_LABEL] = stable
         self.write_config(config)
+
+    # --- rollback -------------------------------------------------------------------
+    def rollback(self, model: str, version: int | None = None) -> int:
+        """Make `version` (default: the version before the stable one) stable again.
+
+        models.config then loads that version and the one before it (if any), so the
+        rolled-back version is also the highest loaded one and answers requests that name
+        no version or label, in medkfp serve and in TF Serving alike. Returns the new
+        stable version. Raises ValueError when the model is not served or there is no
+        such (complete) version to roll back to.
+        """
+        stable = self.stable_version(model)
+        if stable is None:
+            raise ValueError(f"model {model!r} is not served from {self.store.uri}: nothing to roll back")
+        target = version if version is not None else self.previous_version(model, stable)
+        if target is None:
+            raise ValueError(
+                f"model {model} v{stable} has no earlier version to roll back to; "
+                "publish a fixed model instead"
+            )
+        if target == stable:
+            raise ValueError(f"version {target} of model {model} is already the stable one")
+        complete = self.complete_versions(model)
+        if target not in complete:
+            raise ValueError(
+                f"model {model} has no complete version {target} "
+                f"(versions: {', '.join(map(str, complete)) or 'none'})"
+            )
+        self._set_served(model, target, self.previous_version(model, target))
+        log.info("model %s rolled back from version %d to %d", model, stable, target)
+        return target
+
+    # --- retention ------------------------------------------------------------------
+    def prune(self, model: str, keep: int) -> list[int]:
+        """Delete all but the newest `keep` complete versions of `model`; returns those deleted.
+
+        Never deleted: versions models.config names, the highest-numbered folder (so its
+        number is not reused) and incomplete folders newer than the newest complete version
+        (a publish may be writing them). Incomplete folders older than that are abandoned
+        publishes and go. metadata.json goes first, so a half-deleted version is incomplete.
+        """
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 version, got {keep}")
+        numbers = self.version_numbers(model)
+        complete = self.complete_versions(model)
+        if not numbers:
+            return []
+        newest_complete = max(complete, default=0)
+        kept = set(complete[-keep:]) | set(self.served_versions(model)) | {max(numbers)}
+        kept |= {n for n in numbers if n > newest_complete}
+        doomed = [n for n in numbers if n not in kept]
+        for version in doomed:
+            self._delete_version(model, version)
+        if doomed:
+            log.info("model %s: deleted versions %s (keeping %d)", model, doomed, keep)
+        return doomed
+
+    def _prune_quietly(self, model: str, keep: int) -> None:
+        # The publish succeeded; a failed clean-up must not make it look failed.
+        try:
+            self.prune(model, keep)
+        except StoreError as e:
+            log.warning("published, but could not delete old versions of %s: %s", model, e)
+
+    def _delete_version(self, model: str, version: int) -> None:
+        prefix = vocab.model_version_key(model, version) + "/"
+        keys = self.store.list_keys(prefix)
+        metadata = prefix + vocab.METADATA_FILE
+        for key in sorted(keys, key=lambda k: k != metadata):
+            self.store.delete(key)

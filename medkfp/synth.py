@@ -18,7 +18,9 @@ import io
 import numbers
 import os
 import re
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medkfp import vocab
 from medkfp.vocab import COVID_CLASSES, COVID_ROOT, MIAS_CLASSES
 
 __all__ = [
@@ -36,15 +39,17 @@ __all__ = [
     "MIAS_INFO_HEADER",
     "MIAS_STUDY_COUNTS",
     "MIN_SIZE",
+    "broken_files",
     "synth_covid",
     "synth_mias",
+    "write_broken_files",
 ]
 
 COVID_DEFAULT_PER_CLASS = 20
 COVID_README = "README.md.txt"
 
-MIAS_DIR = "all-mias"
-MIAS_INFO_FILE = "Info.txt"
+MIAS_DIR = vocab.MIAS_DIR
+MIAS_INFO_FILE = vocab.MIAS_INFO_FILE
 MIAS_INFO_HEADER = "REFNUM BG CLASS SEVERITY X Y RADIUS"
 # Info.txt coordinates are in the 1024 x 1024 frame of the real films, origin bottom-left.
 MIAS_COORDINATE_SIZE = 1024
@@ -65,6 +70,7 @@ MIN_SIZE = 16
 _COVID_TAG = 1
 _MIAS_LAYOUT_TAG = 2
 _MIAS_IMAGE_TAG = 3
+_BROKEN_TAG = 4
 
 # Lesion radius ranges in the 1024 frame, per MIAS class.
 # Lesion radius ranges in the 1024 frame, per MIAS class: within the range of the real radii
@@ -230,6 +236,105 @@ def synth_mias(
             advance()
     _write_text(folder / MIAS_INFO_FILE, "\n".join(lines) + "\n")
     return dict(zip(MIAS_CLASSES, n_per_class, strict=True))
+
+
+def broken_files(seed: int = 0) -> dict[str, tuple[bytes, str]]:
+    """A corpus of files a dataset folder should not hold, for ingest's checks.
+
+    Returns {file name: (bytes, kind)} where kind is the reject kind ingest reports:
+    empty, corrupt (truncated or damaged data), not_image, unsupported_mode, multi_frame
+    or too_many_pixels. Seventeen files, one per way of being broken; the same seed gives
+    the same bytes.
+    """
+    rng = np.random.default_rng([seed, _BROKEN_TAG])
+    gray = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    png = _encoded(Image.fromarray(gray), "PNG")
+    jpeg = _encoded(Image.fromarray(np.stack([gray] * 3, axis=-1)), "JPEG", quality=90)
+    frames = [Image.fromarray(gray), Image.fromarray(255 - gray)]
+    animated = io.BytesIO()
+    frames[0].save(animated, "GIF", save_all=True, append_images=frames[1:])
+    files = {
+        "empty.png": (b"", "empty"),
+        "cut-in-header.png": (png[:60], "corrupt"),
+        "cut-in-pixels.png": (png[: len(png) * 2 // 3], "corrupt"),
+        "bad-crc.png": (_png_with(png, _flip_first_byte, fix_crc=False), "corrupt"),
+        "bad-deflate.png": (_png_with(png, lambda data: data[:2] + b"\xff" * (len(data) - 2)), "corrupt"),
+        "zero-width.png": (_png_ihdr(0, 48), "corrupt"),
+        "cut-in-half.jpg": (jpeg[: len(jpeg) // 2], "corrupt"),
+        "short-rows.pgm": (b"P5\n64 64\n255\n" + bytes(100), "corrupt"),
+        "notes.png": (b"radiologist notes, not an image\n" * 4, "not_image"),
+        "download-page.jpg": (b"<!DOCTYPE html><html><body>Sign in to download</body></html>", "not_image"),
+        "noise.bmp": (rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(), "not_image"),
+        "archive.png": (_zip_bytes({"inner.png": png}), "not_image"),
+        "cmyk.jpg": (_encoded(Image.fromarray(gray).convert("CMYK"), "JPEG"), "unsupported_mode"),
+        "float.tif": (_encoded(Image.fromarray(gray.astype(np.float32) / 255), "TIFF"), "unsupported_mode"),
+        "int32.tif": (_encoded(Image.fromarray(gray.astype(np.int32) * 100000), "TIFF"), "unsupported_mode"),
+        "animated.gif": (animated.getvalue(), "multi_frame"),
+        "bomb.png": (_png_ihdr(100_000, 100_000), "too_many_pixels"),
+    }
+    return files
+
+
+def write_broken_files(folder: str | os.PathLike, seed: int = 0) -> dict[str, str]:
+    """Write broken_files(seed) into `folder`; returns {file name: expected reject kind}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = {}
+    for name, (data, kind) in broken_files(seed).items():
+        (folder / name).write_bytes(data)
+        kinds[name] = kind
+    return kinds
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _flip_first_byte(data: bytes) -> bytes:
+    return bytes([data[0] ^ 0xFF]) + data[1:]
+
+
+def _png_chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, i = [], 8
+    while i < len(png):
+        (length,) = struct.unpack(">I", png[i : i + 4])
+        chunks.append((png[i + 4 : i + 8], png[i + 8 : i + 8 + length]))
+        i += 12 + length
+    return chunks
+
+
+def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _png_with(png: bytes, change, fix_crc: bool = True) -> bytes:
+    """The PNG with its IDAT data changed; with fix_crc=False the old checksum is kept."""
+    out = png[:8]
+    for kind, data in _png_chunks(png):
+        if kind == b"IDAT":
+            crc = None if fix_crc else zlib.crc32(kind + data)
+            out += _chunk(kind, change(data), crc)
+        else:
+            out += _chunk(kind, data)
+    return out
+
+
+def _png_ihdr(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height 8-bit gray pixels (a bomb if large)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    row = zlib.compress(b"\x00" * (min(width, 64) + 1))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", row) + _chunk(b"IEND", b"")
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME), data)
+    return out.getvalue()
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ layout or a key is spelled once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 # --- datasets -----------------------------------------------------------------
 
@@ -20,6 +20,18 @@ COVID_ROOT = "COVID-19_Radiography_Dataset"
 COVID_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 # mini-MIAS abnormality classes, alphabetical.
 MIAS_CLASSES = ("ARCH", "ASYM", "CALC", "CIRC", "MISC", "NORM", "SPIC")
+# mini-MIAS download: films and Info.txt (one row per abnormality) in all-mias/.
+MIAS_DIR = "all-mias"
+MIAS_INFO_FILE = "Info.txt"
+MIAS_NORMAL = "NORM"
+MIAS_TISSUES = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
+# --label severity: Info.txt's B / M, and normal for NORM films.
+SEVERITY_CLASSES = ("normal", "benign", "malignant")
+MIAS_SEVERITY = {"B": "benign", "M": "malignant"}
+LABELS = ("class", "severity")
+# Ingest fails when more of the files found are rejected: a source where most files are
+# unusable is usually the wrong folder or a broken download (--max-rejected-fraction).
+DEFAULT_MAX_REJECTED_FRACTION = 0.5
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff"})
 
@@ -27,48 +39,112 @@ SPLITS = ("train", "val", "test")
 
 # --- candidates ------------------------------------------------------------------
 
-BALANCING = ("none", "undersample", "oversample")
-ARCHITECTURES = ("simple-cnn", "mobilenetv2")
+# Train-split balancing: resample (under/over) or keep every image once and hand training
+# per-class loss weights (class_weight).
+BALANCING = ("none", "undersample", "oversample", "class_weight")
+ARCHITECTURES = ("simple-cnn", "mobilenetv2", "resnet50", "resnet101")
+OPTIMIZERS = ("adam", "adamax", "sgd")
+# Backbone weights: Keras's ImageNet download, random, or the URI of a weights file
+# (s3://... or a local path; "{architecture}" in it is replaced by the candidate's).
+WEIGHTS = ("imagenet", "none")
+# Units of the dense layer before the softmax (the studies' custom head); 0: none.
+DEFAULT_DENSE_UNITS = {"simple-cnn": 0, "mobilenetv2": 256, "resnet50": 256, "resnet101": 256}
+DEFAULT_EPOCHS = 10
+# Used when neither --image-size nor the grid names one.
+DEFAULT_IMAGE_SIZE = 64
+
+# How Candidate.from_dict casts grid values (other fields are strings).
+_FIELD_TYPES = {
+    "batch_size": int, "learning_rate": float, "epochs": int, "image_size": int,
+    "freeze_backbone": bool, "dense_units": int,
+}
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One cell of the experiment grid: a backbone trained on one balancing of the data."""
+    """One cell of the experiment grid: a backbone trained on one balancing of the data.
+
+    image_size None means the run's --image-size; dense_units None the architecture's
+    default head (DEFAULT_DENSE_UNITS).
+    """
 
     architecture: str
     balancing: str
     batch_size: int = 32
     learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    epochs: int = DEFAULT_EPOCHS
+    image_size: int | None = None
+    weights: str = "none"
+    freeze_backbone: bool = False
+    dense_units: int | None = None
+
+    def __post_init__(self):
+        if self.dense_units is None:
+            object.__setattr__(self, "dense_units", DEFAULT_DENSE_UNITS.get(self.architecture, 256))
 
     @property
     def name(self) -> str:
         return f"{self.architecture}-{self.balancing}"
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "architecture": self.architecture,
-            "balancing": self.balancing,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-        }
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
     def from_dict(cls, d: dict) -> Candidate:
-        return cls(
-            architecture=d["architecture"],
-            balancing=d["balancing"],
-            batch_size=int(d.get("batch_size", 32)),
-            learning_rate=float(d.get("learning_rate", 1e-3)),
-        )
+        """Build from a grid entry or a to_dict() result; unknown keys raise ValueError."""
+        types = {f.name: _FIELD_TYPES.get(f.name, str) for f in fields(cls)}
+        unknown = set(d) - set(types) - {"name"}
+        if unknown:
+            raise ValueError(
+                f"grid entry {d!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"use {', '.join(types)}"
+            )
+        return cls(**{k: None if v is None else types[k](v) for k, v in d.items() if k in types})
 
+
+
+def _paper(architecture: str, balancing: str, **settings) -> Candidate:
+    return Candidate(architecture, balancing, weights="imagenet", **settings)
+
+
+# Study 1 (Adamax 1e-3, 20 epochs, 224 px, ImageNet weights, all layers trainable):
+# A = ResNet50 unbalanced, B = MobileNetV2 undersampled with batch 8 and a smaller head,
+# C = ResNet50 oversampled. The head sizes are ours (the study shows them only in figures).
+_COVID_PAPER = dict(learning_rate=1e-3, optimizer="adamax", epochs=20, image_size=224)
+# Study 2: ResNet101, Adam 1e-4, 10 epochs, batch 32, 256 px; plus the balanced variants
+# its lesson calls for (oversampling, class weights) and a lighter MobileNetV2.
+_MIAS_PAPER = dict(batch_size=32, learning_rate=1e-4, optimizer="adam", epochs=10, image_size=256)
+PAPER_GRIDS: dict[str, tuple[Candidate, ...]] = {
+    COVID: (
+        _paper("resnet50", "none", batch_size=32, dense_units=256, **_COVID_PAPER),
+        _paper("mobilenetv2", "undersample", batch_size=8, dense_units=64, **_COVID_PAPER),
+        _paper("resnet50", "oversample", batch_size=32, dense_units=256, **_COVID_PAPER),
+    ),
+    MIAS: tuple(
+        _paper(architecture, balancing, **_MIAS_PAPER)
+        for architecture, balancing in (
+            ("resnet101", "none"),
+            ("resnet101", "oversample"),
+            ("resnet101", "class_weight"),
+            ("mobilenetv2", "oversample"),
+            ("mobilenetv2", "class_weight"),
+        )
+    ),
+}
+PAPER_GRID = "paper"
 
 GRIDS: dict[str, tuple[Candidate, ...]] = {
     # CPU-sized: the small CNN learns the synthetic sets in ~15 epochs at 48-64 px.
-    "quick": tuple(Candidate("simple-cnn", b, batch_size=16, learning_rate=3e-3) for b in BALANCING),
+    "quick": tuple(
+        Candidate("simple-cnn", b, batch_size=16, learning_rate=3e-3)
+        for b in ("none", "undersample", "oversample")
+    ),
 }
 
 SELECTION_METRIC = "macro_f1"
+# Metrics a run may select by (--selection-metric); all are "higher is better".
+SELECTION_METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "weighted_f1", "macro_roc_auc")
 DEFAULT_MIN_DELTA = 0.005
 
 # --- serving contract ---------------------------------------------------------------
@@ -79,6 +155,19 @@ OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_CLASSES = "classes"
 STABLE_LABEL = "stable"
 DEFAULT_GRPC_PORT = 8500
+# The second exported signature: already-decoded images, float32 [None, size, size, 3] in 0..255.
+FLOAT_SIGNATURE = "serving_float"
+FLOAT_INPUT_KEY = "images"
+# Largest image (width x height) the serving signature and the server decode: 25 MP covers
+# full-field mammograms (~14-21 MP); checked from the file header, before decoding.
+MAX_IMAGE_PIXELS = 25_000_000
+# Versions the model repository keeps per model (the served ones are always kept).
+DEFAULT_KEEP_VERSIONS = 5
+# The local mirror `medkfp serve` syncs for tensorflow_model_server when it runs it.
+DEFAULT_SERVING_DIR = ".medkfp/serving"
+TF_SERVING_BINARY = "tensorflow_model_server"
+# `medkfp serve --engine`: auto runs TF Serving when its binary is on PATH, else the built-in one.
+SERVING_ENGINES = ("auto", "builtin", "tensorflow-serving")
 
 # --- store layout ---------------------------------------------------------------------
 # A store root (s3://bucket[/prefix] or a directory) holds pipeline data under runs/ and
@@ -92,6 +181,8 @@ MODEL_CARD_FILE = "MODEL_CARD.md"
 # Where the serving pod mounts its mirror of the repository; base_path in models.config.
 SERVING_BASE_DIR = "/models"
 SHARD_MAX_RECORDS = 1024
+# Shards stay under this size whatever the image size (records per shard shrink to fit).
+SHARD_MAX_BYTES = 64 * 1024 * 1024
 
 
 def run_key(run_id: str, *parts: str) -> str:
@@ -125,8 +216,14 @@ def dataset_classes(dataset: str) -> tuple[str, ...] | None:
 COMPONENT_IMAGE = "medkfp/medkfp:0.1.0"
 
 
-def default_model_name(dataset: str, source: str) -> str:
-    """Served model name: the dataset's, or for imagefolder the folder's name."""
+def default_model_name(dataset: str, source: str, label: str = "class") -> str:
+    """Served model name: the dataset's, or for imagefolder the folder's name.
+
+    A severity model (--label severity) answers another question than the class model of
+    the same dataset, so it is served apart: "mias-severity".
+    """
+    if label != "class":
+        return f"{default_model_name(dataset, source)}-{label}"
     if dataset != IMAGEFOLDER:
         return dataset
     name = source.rstrip("/").rsplit("/", 1)[-1]

@@ -1,5 +1,9 @@
 """Pipeline defaults and the cluster settings the compiled YAML carries."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
 from medkfp import vocab
 
 PIPELINE_NAME = "medkfp-train-and-push"
@@ -9,12 +13,17 @@ PIPELINE_DESCRIPTION = (
 )
 
 DEFAULT_GRID = "quick"
-DEFAULT_EPOCHS = 10
-DEFAULT_IMAGE_SIZE = 64
+# 0: each candidate's own epochs (the grid's; 10 when it names none).
+DEFAULT_EPOCHS = 0
+# 0: the grid's image size (paper: 224 px covid19-radiography, 256 px mias), else 64.
+DEFAULT_IMAGE_SIZE = 0
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_SEED = 0
 DEFAULT_MIN_DELTA = vocab.DEFAULT_MIN_DELTA
+DEFAULT_SELECTION_METRIC = vocab.SELECTION_METRIC
+# "": each candidate's own weights (the paper grids: imagenet; others: none).
+DEFAULT_WEIGHTS = ""
 # Candidates trained at once; each asks for its own GPU on the cluster.
 TRAIN_PARALLELISM = 3
 
@@ -29,3 +38,46 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_COUNT = 1
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 TRAIN_RETRIES = 2
+# A retried train task waits 60 s, then 120 s, ... (capped), and resumes from its checkpoint.
+TRAIN_RETRY_BACKOFF = {"backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "600s"}
+
+
+@dataclass(frozen=True)
+class GpuNode:
+    """Where the train task runs: `medkfp compile` options, compiled into the YAML."""
+
+    gpus: int = GPU_COUNT
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict, ...] = (GPU_TOLERATION,)
+    retries: int = TRAIN_RETRIES
+
+
+def parse_node_selector(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE strings -> {key: value}. Raises ValueError naming the bad item."""
+    selector = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(
+                f"node selector {item!r}: use KEY=VALUE, e.g. cloud.google.com/gke-accelerator=nvidia-l4"
+            )
+        selector[key] = value
+    return selector
+
+
+def parse_toleration(item: str) -> dict:
+    """KEY[=VALUE][:EFFECT] -> a toleration (operator Equal with a value, else Exists)."""
+    rest, _, effect = item.partition(":")
+    key, sep, value = rest.partition("=")
+    effects = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+    if not key or (effect and effect not in effects):
+        raise ValueError(
+            f"toleration {item!r}: use KEY[=VALUE][:EFFECT] with EFFECT one of {', '.join(effects)}, "
+            "e.g. nvidia.com/gpu:NoSchedule"
+        )
+    toleration = {"key": key, "operator": "Equal" if sep else "Exists"}
+    if sep:
+        toleration["value"] = value
+    if effect:
+        toleration["effect"] = effect
+    return toleration

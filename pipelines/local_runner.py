@@ -14,8 +14,9 @@ from pathlib import Path
 from kfp import local
 
 from medkfp import vocab
-from medkfp.components.grid.logic import grid_json
+from medkfp.components.grid.logic import expand_grid, grid_json
 from medkfp.components.ingest.layouts import scan_source
+from medkfp.components.push.logic import check_min_recall, check_selection_metric
 from medkfp.pipelines import configs as c
 from medkfp.pipelines.pipeline import medkfp_pipeline
 from medkfp.store import open_store
@@ -77,6 +78,12 @@ def run_local(
     min_delta: float = c.DEFAULT_MIN_DELTA,
     pipeline_root: str | None = None,
     echo=None,
+    label: str = "class",
+    max_rejected_fraction: float = vocab.DEFAULT_MAX_REJECTED_FRACTION,
+    selection_metric: str = c.DEFAULT_SELECTION_METRIC,
+    min_recall: dict[str, float] | None = None,
+    weights: str = c.DEFAULT_WEIGHTS,
+    freeze_backbone: bool = False,
 ) -> dict:
     """Run every step as a local subprocess (same Python environment); returns the summary.
 
@@ -89,19 +96,30 @@ def run_local(
     store_uri = open_store(store).uri
     if not source.startswith("s3://"):
         source = str(Path(source).absolute())
-        scan_source(dataset, source)  # a wrong layout fails here, before any step starts
+    # A wrong layout, a missing archive or an empty s3:// prefix fails here, before any step.
+    scan = scan_source(dataset, source, label)
+    # A bad grid, metric or recall floor fails here too, not after training.
+    expand_grid(grid, dataset, epochs, image_size, weights, freeze_backbone)
+    check_selection_metric(selection_metric)
+    min_recall = check_min_recall(min_recall, scan.class_names)
     arguments = dict(
         dataset=dataset,
         source=source,
         store=store_uri,
-        model_name=model_name or vocab.default_model_name(dataset, source),
-        grid=grid_json(grid),
+        label=label,
+        max_rejected_fraction=max_rejected_fraction,
+        model_name=model_name or vocab.default_model_name(dataset, source, label),
+        grid=grid_json(grid, dataset),
         epochs=epochs,
         image_size=image_size,
         test_fraction=test_fraction,
         val_fraction=val_fraction,
         seed=seed,
         min_delta=min_delta,
+        selection_metric=selection_metric,
+        min_recall=min_recall,
+        weights=weights,
+        freeze_backbone=freeze_backbone,
     )
     root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,1 @@
-"""Model serving: a TF Serving-compatible gRPC server and its client."""
+"""Model serving: a TF Serving-compatible gRPC server, its client, serving-sync and the TF Serving runner."""

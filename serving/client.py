@@ -23,8 +23,15 @@ from tensorflow_serving.apis import (
 
 from medkfp import vocab
 
-ATTEMPTS = 3
+# UNAVAILABLE (server restarting, connection refused) is retried this many times, waiting
+# BACKOFF_SECONDS, then twice as long each time, at most MAX_BACKOFF_SECONDS. So is
+# CANCELLED, which this client never causes itself: a gRPC server that shuts down cancels
+# the calls it had received but not started (grpc/grpc#41785), so they did no work. Every
+# call here (Predict, metadata, status) is a read, safe to repeat.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+RETRIES = 2
 BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 10.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Images go in batches well below the server's default 64 MiB message limit, and every
 # batch after the first is pinned to the version that answered the first one, so a
@@ -72,14 +79,22 @@ def _channel(address: str) -> Iterator[grpc.Channel]:
         channel.close()
 
 
-def _call(address: str, method, request, timeout: float):
-    """Call one RPC, retrying UNAVAILABLE with exponential backoff; raises ServingError."""
-    for attempt in range(ATTEMPTS):
+def _call(
+    address: str, method, request, timeout: float, retries: int | None = None, backoff: float | None = None
+):
+    """Call one RPC, retrying RETRYABLE codes with exponential backoff; raises ServingError.
+
+    `timeout` bounds each attempt; `retries` and `backoff` default to RETRIES and
+    BACKOFF_SECONDS. Other errors are not retried: they would fail the same way again.
+    """
+    retries = RETRIES if retries is None else retries
+    backoff = BACKOFF_SECONDS if backoff is None else backoff
+    for attempt in range(retries + 1):
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < ATTEMPTS:
-                time.sleep(BACKOFF_SECONDS * 2**attempt)
+            if e.code() in RETRYABLE and attempt < retries:
+                time.sleep(min(backoff * 2**attempt, MAX_BACKOFF_SECONDS))
                 continue
             raise _serving_error(address, e, timeout) from None
     raise AssertionError("unreachable")
@@ -89,6 +104,8 @@ def _serving_error(address: str, error: grpc.RpcError, timeout: float) -> Servin
     code = error.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         message = f"cannot reach model server at {address}: is `medkfp serve` running?"
+    elif code == grpc.StatusCode.CANCELLED:
+        message = f"model server at {address} cancelled the request: it is shutting down; try again"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"model server at {address} did not answer within {timeout:g} s"
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -144,10 +161,14 @@ def predict(
     version: int | None = None,
     label: str | None = None,
     timeout: float = 30.0,
+    retries: int | None = None,
+    backoff: float | None = None,
 ) -> dict:
     """Classify encoded images (PNG/JPEG/... file bytes) with the served `model`.
 
-    Without `version` or `label` the server picks its highest loaded version. Returns
+    Without `version` or `label` the server picks its highest loaded version. Several
+    images go in one request (batches of BATCH_IMAGES). `timeout` bounds each request;
+    UNAVAILABLE is retried `retries` times with exponential `backoff` seconds. Returns
     {"model": str, "version": int, "predictions": [{"class": str, "probabilities":
     [float, ...]}, ...]} in the order of `images`; probability columns follow the model's
     class list. Raises ValueError for no images or both version and label, ServingError
@@ -166,10 +187,24 @@ def predict(
             request.inputs[vocab.INPUT_KEY].CopyFrom(
                 tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)])
             )
-            response = _call(address, stub.Predict, request, timeout)
+            response = _call(address, stub.Predict, request, timeout, retries, backoff)
             version, label = response.model_spec.version.value, None
             predictions.extend(_predictions(response))
     return {"model": model, "version": int(version), "predictions": predictions}
+
+
+def rest_response(result: dict) -> dict:
+    """A predict() result shaped like TF Serving's REST answer for a multi-output signature.
+
+    {"predictions": [{"classes": str, "probabilities": [float, ...]}, ...]}, one object
+    per image, as `POST /v1/models/<model>:predict` with "instances" returns it.
+    """
+    return {
+        "predictions": [
+            {vocab.OUTPUT_CLASSES: p["class"], vocab.OUTPUT_PROBABILITIES: p["probabilities"]}
+            for p in result["predictions"]
+        ]
+    }
 
 
 def _tensor_info(info) -> dict:
@@ -177,7 +212,9 @@ def _tensor_info(info) -> dict:
     return {"dtype": types_pb2.DataType.Name(info.dtype), "shape": shape}
 
 
-def model_metadata(server: str, model: str, version: int | None = None, timeout: float = 30.0) -> dict:
+def model_metadata(
+    server: str, model: str, version: int | None = None, timeout: float = 30.0, retries: int | None = None
+) -> dict:
     """The signatures of a served model version (default: the highest loaded).
 
     Returns {"model": str, "version": int, "signatures": {name: {"method_name": str,
@@ -190,7 +227,7 @@ def model_metadata(server: str, model: str, version: int | None = None, timeout:
     request.metadata_field.append("signature_def")
     with _channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = _call(address, stub.GetModelMetadata, request, timeout)
+        response = _call(address, stub.GetModelMetadata, request, timeout, retries)
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signature_map)
     signatures = {
@@ -208,18 +245,22 @@ def model_metadata(server: str, model: str, version: int | None = None, timeout:
     }
 
 
-def model_status(server: str, model: str, version: int | None = None, timeout: float = 30.0) -> list[dict]:
-    """The state of every loaded version of `model` (or just `version`), lowest first.
+def model_status(
+    server: str, model: str, version: int | None = None, timeout: float = 30.0, retries: int | None = None
+) -> list[dict]:
+    """The state of every version of `model` the server knows (or just `version`), lowest first.
 
-    Returns [{"version": int, "state": "AVAILABLE", "error_code": "OK", "error_message":
-    str}, ...]. Raises ServingError (NOT_FOUND for a model or version not served).
+    States are TF Serving's: START, LOADING, AVAILABLE, UNLOADING, END (unloaded, or
+    failed to load: then error_code is not OK). Returns [{"version": int, "state":
+    "AVAILABLE", "error_code": "OK", "error_message": str}, ...]. Raises ServingError
+    (NOT_FOUND for a model or version the server does not know).
     """
     address = normalize_address(server)
     request = get_model_status_pb2.GetModelStatusRequest()
     _model_spec(request.model_spec, model, version, None)
     with _channel(address) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        response = _call(address, stub.GetModelStatus, request, timeout)
+        response = _call(address, stub.GetModelStatus, request, timeout, retries)
     states = get_model_status_pb2.ModelVersionStatus.State
     return sorted(
         (

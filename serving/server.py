@@ -2,31 +2,33 @@
 
 It speaks TF Serving's `PredictionService` (Predict, GetModelMetadata) and `ModelService`
 (GetModelStatus), so clients written for TF Serving work unchanged. Models come from
-`models/models.config` in the store: every named version is downloaded into a local cache,
-loaded with `tf.saved_model.load`, and the config is re-read every few seconds so newly
-published versions are picked up without a restart.
+`models/models.config` in the store (or in a serving-sync mirror): every named version is
+downloaded into a local cache, verified, loaded with `tf.saved_model.load`, and the config
+is re-read every few seconds. A reload loads every new version first and then swaps the
+whole served set, labels included, in one step: a label therefore only ever points to a
+loaded version, and requests running on the old set finish on it.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
-import re
 import shutil
 import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import tensorflow as tf
 from google.protobuf import any_pb2
-from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -36,7 +38,14 @@ from tensorflow_serving.apis import (
 )
 
 from medkfp import vocab
-from medkfp.model_repository import ModelRepository, sha256_file
+from medkfp.imaging import image_dimensions
+from medkfp.model_repository import (
+    MODEL_NAME,
+    ModelRepository,
+    desired_versions,
+    read_signature_defs,
+)
+from medkfp.serving.sync import fetch_version
 from medkfp.store import Store, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -44,16 +53,35 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_WORKERS = 8
 DEFAULT_POLL_INTERVAL = 5.0
+DEFAULT_MAX_BATCH = 256
 # A version that failed to load is retried after this long, not on every poll: versions are
 # immutable, so most failures repeat, and each retry downloads the whole SavedModel again.
 RETRY_FAILED_AFTER = 60.0
 SIGNATURE_DEF_FIELD = "signature_def"
-# Model names become folder names in the cache, so they must not be able to leave it.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_STATES = get_model_status_pb2.ModelVersionStatus.State
 
 
 class ServeError(RuntimeError):
     """The server cannot start (e.g. the port is taken); the message says what to change."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one Predict request may ask for; beyond it the answer is INVALID_ARGUMENT.
+
+    The size of a whole request is bounded by the gRPC message limit (RESOURCE_EXHAUSTED,
+    as in TF Serving).
+    """
+
+    max_image_pixels: int = vocab.MAX_IMAGE_PIXELS
+    max_batch: int = DEFAULT_MAX_BATCH
+
+
+class VersionStatus(NamedTuple):
+    """A version's state as GetModelStatus reports it ("AVAILABLE", ...) and why it failed."""
+
+    state: str
+    error: str = ""
 
 
 class RpcError(Exception):
@@ -131,32 +159,6 @@ class ServedModel:
         return self.versions[version]
 
 
-def read_signature_defs(saved_model_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The SignatureDefs of the first MetaGraph in saved_model.pb, as TF Serving reports them."""
-    saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
-    if not saved_model.meta_graphs:
-        raise ValueError(f"{saved_model_dir}/saved_model.pb holds no MetaGraph")
-    return dict(saved_model.meta_graphs[0].signature_def)
-
-
-def desired_versions(repo: ModelRepository, entry) -> list[int]:
-    """The versions a models.config entry asks to be served, under its version policy.
-
-    `specific` lists them; `latest` means the N highest complete versions, `all` every
-    complete version; no policy at all means the highest complete one (TF Serving's default).
-    """
-    policy = entry.model_version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "specific" and policy.specific.versions:
-        return sorted(set(policy.specific.versions))
-    complete = repo.complete_versions(entry.name)
-    if choice == "all":
-        return complete
-    count = policy.latest.num_versions if choice == "latest" else 1
-    return complete[-max(count, 1) :]
-
-
 class ModelManager:
     """Keeps the models named by a store's models.config loaded, swapping them atomically.
 
@@ -175,11 +177,28 @@ class ModelManager:
         # Failed loads and empty models are remembered so each poll does not log them again.
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}
         self._warned_empty: set[str] = set()
+        self._states: dict[str, dict[int, VersionStatus]] = {}
+        self._states_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
     def snapshot(self) -> dict[str, ServedModel]:
         return self._models
+
+    def version_states(self, name: str) -> dict[int, VersionStatus]:
+        """version -> state of every version of `name` seen since start (unloaded ones: END).
+
+        Raises RpcError(NOT_FOUND) for a model this server has never had.
+        """
+        with self._states_lock:
+            states = dict(self._states.get(name, {}))
+        if not states:
+            self.model(name)  # raises NOT_FOUND naming the served models
+        return states
+
+    def _set_state(self, name: str, version: int, state: str, error: str = "") -> None:
+        with self._states_lock:
+            self._states.setdefault(name, {})[version] = VersionStatus(state, error)
 
     def model(self, name: str) -> ServedModel:
         """The served model called `name`; raises RpcError(NOT_FOUND) naming the ones served."""
@@ -214,13 +233,24 @@ class ModelManager:
                 return False
             # Swap first, drop second: requests that already hold the old set finish on it.
             self._models = new
+            self._record_swap(old, new)
             self._log_swap(old, new)
             return True
+
+    def _record_swap(self, old: dict[str, ServedModel], new: dict[str, ServedModel]) -> None:
+        for name, model in new.items():
+            for version in model.versions:
+                self._set_state(name, version, "AVAILABLE")
+        for name, model in old.items():
+            kept = new[name].versions if name in new else {}
+            for version in model.versions:
+                if version not in kept:
+                    self._set_state(name, version, "END")
 
     def _reload_model(self, entry, current: ServedModel | None) -> ServedModel | None:
         """The ServedModel a config entry asks for, keeping `current` versions on failures."""
         name = entry.name
-        if not _MODEL_NAME.match(name):
+        if not MODEL_NAME.match(name):
             log.error("models.config names model %r: not a valid model name, skipped", name)
             return current
         try:
@@ -258,6 +288,7 @@ class ModelManager:
         last = self._failed.get((name, version))
         if last is not None and time.monotonic() - last[0] < RETRY_FAILED_AFTER:
             return None
+        self._set_state(name, version, "LOADING")
         try:
             loaded = self.load_version(name, version)
         except Exception as e:  # any failure of one version must not stop the others
@@ -265,6 +296,7 @@ class ModelManager:
             if last is None or last[1] != message:
                 log.error("cannot load model %s version %d: %s", name, version, message)
             self._failed[(name, version)] = (time.monotonic(), message)
+            self._set_state(name, version, "END", message)
             return None
         self._failed.pop((name, version), None)
         return loaded
@@ -290,27 +322,9 @@ class ModelManager:
         return LoadedVersion(name, version, path, loaded, signature_defs)
 
     def _fetch(self, name: str, version: int) -> Path:
-        """The local copy of a version, downloaded and checked against its metadata.json.
-
-        A cached copy is reused only if its metadata.json equals the store's, which lists
-        every file's sha256: a store rebuilt with the same version numbers is not mistaken
-        for the old one.
-        """
-        remote_meta = self.store.get_bytes(vocab.model_version_key(name, version, vocab.METADATA_FILE))
+        """The local copy of a version, downloaded and verified like serving-sync does it."""
         dest = self.cache_dir / name / str(version)
-        cached_meta = dest / vocab.METADATA_FILE
-        if cached_meta.is_file() and cached_meta.read_bytes() == remote_meta:
-            return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{version}-"))
-        try:
-            self.store.download_dir(vocab.model_version_key(name, version), tmp)
-            _verify_files(tmp, remote_meta, f"model {name} version {version}")
-            shutil.rmtree(dest, ignore_errors=True)
-            # The rename makes the copy appear complete or not at all.
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        fetch_version(self.store, name, version, dest, self.cache_dir / ".staging")
         return dest
 
     def _log_swap(self, old: dict[str, ServedModel], new: dict[str, ServedModel]) -> None:
@@ -374,15 +388,6 @@ def _unchanged(old: dict[str, ServedModel], new: dict[str, ServedModel]) -> bool
     return True
 
 
-def _verify_files(local_dir: Path, metadata_bytes: bytes, what: str) -> None:
-    """Check every file metadata.json lists against its sha256; raises StoreError if one differs."""
-    files = json.loads(metadata_bytes).get("files", {})
-    for relative, digest in files.items():
-        path = local_dir / relative
-        if not path.is_file() or sha256_file(path) != digest:
-            raise StoreError(f"downloaded {relative} of {what} does not match its sha256")
-
-
 # --- request handling -----------------------------------------------------------------------
 
 
@@ -413,8 +418,8 @@ def _resolve(manager: ModelManager, spec) -> LoadedVersion:
     return model.resolve()
 
 
-def _convert_inputs(inputs, fn, where: str) -> dict[str, tf.Tensor]:
-    """Request TensorProtos -> tensors for `fn`, checked against its input signature.
+def _convert_inputs(inputs, fn, where: str) -> dict:
+    """Request TensorProtos -> numpy arrays for `fn`, checked against its input signature.
 
     Raises RpcError(INVALID_ARGUMENT) naming the expected keys, dtypes or shapes.
     """
@@ -445,18 +450,56 @@ def _convert_inputs(inputs, fn, where: str) -> dict[str, tf.Tensor]:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{where} input {key!r} must have shape {spec.shape}, got {list(array.shape)}",
             )
-        tensors[key] = tf.constant(array, dtype=spec.dtype)
+        tensors[key] = array
     return tensors
 
 
-def _run(fn, tensors: dict[str, tf.Tensor], where: str) -> dict[str, tf.Tensor]:
+def _check_limits(arrays: dict, limits: RequestLimits, where: str) -> None:
+    """Refuse a batch above limits.max_batch and images whose header exceeds max_image_pixels.
+
+    The image check reads only the file header, so a decompression bomb is refused before
+    anything decodes it. Raises RpcError(INVALID_ARGUMENT).
+    """
+    for key, array in arrays.items():
+        if array.ndim and array.shape[0] > limits.max_batch:
+            raise RpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where} input {key!r} holds {array.shape[0]} items, above this server's limit "
+                f"of {limits.max_batch} per request: split it into smaller requests",
+            )
+        if array.dtype != object:
+            continue
+        for index, data in enumerate(array.reshape(-1)):
+            size = image_dimensions(bytes(data))
+            if size and size[0] * size[1] > limits.max_image_pixels:
+                raise RpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{where}: image {index} of the request is {size[0]}x{size[1]} pixels, above "
+                    f"this server's limit of {limits.max_image_pixels} pixels per image: "
+                    "downscale it before sending",
+                )
+
+
+def _tf_message(message: str) -> str:
+    """The useful line(s) of a TF runtime error: no node names, stack notes or op tags."""
+    if "assertion failed: [" in message:
+        message = message.split("assertion failed: [", 1)[1].split("]", 1)[0]
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
+    lines = [line.strip() for line in message.splitlines()]
+    kept = [line for line in lines if line and not line.startswith(noise)]
+    return " ".join(" ".join(kept).split(" [Op:")[0].split())
+
+
+def _run(fn, arrays: dict, where: str) -> dict[str, tf.Tensor]:
     """Call a signature; an input it cannot process (e.g. bytes that are no image) is the
     caller's error, INVALID_ARGUMENT, not the server's."""
+    specs = fn.structured_input_signature[1]
+    tensors = {key: tf.constant(array, dtype=specs[key].dtype) for key, array in arrays.items()}
     try:
         return fn(**tensors)
     except tf.errors.InvalidArgumentError as e:
         raise RpcError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"{where} cannot process the input: {e.message}"
+            grpc.StatusCode.INVALID_ARGUMENT, f"{where} cannot process the input: {_tf_message(e.message)}"
         ) from None
 
 
@@ -476,8 +519,9 @@ def _select_outputs(outputs: dict, output_filter, where: str) -> list[str]:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata over the manager's loaded models."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None):
         self.manager = manager
+        self.limits = limits or RequestLimits()
 
     @_rpc
     def Predict(self, request, context):
@@ -485,7 +529,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature_name = request.model_spec.signature_name or vocab.SIGNATURE
         fn = loaded.signature(signature_name)
         where = f"model {loaded.name} version {loaded.version} signature {signature_name!r}"
-        outputs = _run(fn, _convert_inputs(request.inputs, fn, where), where)
+        arrays = _convert_inputs(request.inputs, fn, where)
+        _check_limits(arrays, self.limits, where)
+        outputs = _run(fn, arrays, where)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.name
         response.model_spec.version.value = loaded.version
@@ -546,17 +592,30 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
     @_rpc
     def GetModelStatus(self, request, context):
         spec = request.model_spec
-        model = self.manager.model(spec.name)
-        if spec.WhichOneof("version_choice"):
+        if not spec.name:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "model_spec.name is required")
+        states = self.manager.version_states(spec.name)
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version_label":
             versions = [_resolve(self.manager, spec).version]
+        elif choice == "version":
+            if spec.version.value not in states:
+                known = ", ".join(str(v) for v in sorted(states))
+                raise RpcError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"model {spec.name} has no version {spec.version.value} (versions: {known})",
+                )
+            versions = [spec.version.value]
         else:
-            versions = sorted(model.versions)
+            versions = sorted(states)
         response = get_model_status_pb2.GetModelStatusResponse()
         for version in versions:
+            state = states[version]
             status = response.model_version_status.add()
             status.version = version
-            status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-            status.status.error_code = error_codes_pb2.OK
+            status.state = _STATES.Value(state.state)
+            status.status.error_code = error_codes_pb2.UNKNOWN if state.error else error_codes_pb2.OK
+            status.status.error_message = state.error
         return response
 
     def HandleReloadConfigRequest(self, request, context):
@@ -582,13 +641,14 @@ class ModelServer:
 
     def __init__(
         self,
-        store_uri: str | None,
+        store_uri: str | Store | None,
         port: int = vocab.DEFAULT_GRPC_PORT,
         host: str = "0.0.0.0",
         cache_dir: str | Path | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        limits: RequestLimits | None = None,
     ):
         self.store_uri = store_uri
         self.host = host
@@ -597,6 +657,7 @@ class ModelServer:
         self.poll_interval = poll_interval
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
+        self.limits = limits or RequestLimits()
         self.port: int | None = None
         self.manager: ModelManager | None = None
         self._grpc: grpc.Server | None = None
@@ -607,7 +668,8 @@ class ModelServer:
         Raises StoreError if the store or its models.config cannot be read, ServeError if
         the address cannot be bound. Versions that fail to load are logged, not raised.
         """
-        self.manager = ModelManager(open_store(self.store_uri), self.cache_dir)
+        store = self.store_uri if isinstance(self.store_uri, Store) else open_store(self.store_uri)
+        self.manager = ModelManager(store, self.cache_dir)
         try:
             # Bind before loading so a taken port fails at once, not after every download;
             # requests are only accepted after start(), when the models are loaded.
@@ -639,7 +701,7 @@ class ModelServer:
             options=options,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager), server
+            PredictionServicer(self.manager, self.limits), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(self.manager), server)
         address = _address(self.host, self.requested_port)
@@ -669,26 +731,42 @@ class ModelServer:
 
 
 def start_server(
-    store_uri: str | None,
+    store_uri: str | Store | None,
     port: int = 0,
     host: str = "127.0.0.1",
     cache_dir: str | Path | None = None,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    limits: RequestLimits | None = None,
 ) -> ModelServer:
     """Start a server in this process without blocking; port 0 picks a free port.
 
-    Returns the started ModelServer (`.port` is the bound port; call `.stop()` or use it
-    as a context manager). Raises StoreError or ServeError like ModelServer.start().
+    `store_uri` is a store URI or a Store (e.g. a serving-sync MirrorStore). Returns the
+    started ModelServer (`.port` is the bound port; call `.stop()` or use it as a context
+    manager). Raises StoreError or ServeError like ModelServer.start().
     """
     return ModelServer(
-        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes
+        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes, limits
     ).start()
 
 
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set `stop` on SIGINT/SIGTERM while inside (main thread only; elsewhere a no-op)."""
+    previous = {}
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve(
-    store_uri: str | None,
+    store_uri: str | Store | None,
     port: int = vocab.DEFAULT_GRPC_PORT,
     host: str = "0.0.0.0",
     cache_dir: str | None = None,
@@ -697,35 +775,34 @@ def serve(
     stop_event: threading.Event | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    limits: RequestLimits | None = None,
 ) -> None:
     """Serve the store's models until SIGINT/SIGTERM (or `stop_event`), then stop gracefully.
 
     `ready_event` is set once the models are loaded and the port is bound. Signals are
-    only caught when called from the main thread; elsewhere, pass `stop_event`.
+    only caught when called from the main thread; elsewhere, pass `stop_event`. On stop
+    the server refuses new requests and lets running ones finish (5 s grace).
     Raises StoreError or ServeError when the server cannot start.
     """
-    _configure_logging()
+    configure_logging()
     stop = stop_event or threading.Event()
-    server = start_server(store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes)
-    previous = {}
+    server = start_server(
+        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes, limits
+    )
     try:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-        if ready_event is not None:
-            ready_event.set()
-        # A timed wait keeps the main thread responsive to signals on every platform.
-        while not stop.wait(1.0):
-            pass
-        log.info("shutting down the model server")
+        with stop_on_signals(stop):
+            if ready_event is not None:
+                ready_event.set()
+            # A timed wait keeps the main thread responsive to signals on every platform.
+            while not stop.wait(1.0):
+                pass
+            log.info("shutting down the model server")
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         server.stop()
 
 
-def _configure_logging() -> None:
-    # serve() is an entry point: make the load/unload log visible unless the caller set up
-    # logging already.
+def configure_logging() -> None:
+    """Log INFO to stderr unless the caller set up logging already (for entry points)."""
+    # serve() is an entry point: make the load/unload log visible.
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

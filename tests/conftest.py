@@ -46,3 +46,11 @@ def local_store(tmp_path) -> LocalStore:
 @pytest.fixture
 def shapes_folder(tmp_path) -> Path:
     return write_shapes_folder(tmp_path / "shapes")
+
+
+@pytest.fixture(scope="session")
+def trained_shapes(tmp_path_factory):
+    """One tiny real training run (simple-cnn on shapes), shared by train / evaluate / push tests."""
+    from training_helpers import train_shapes
+
+    return train_shapes(tmp_path_factory.mktemp("trained"))

@@ -23,6 +23,7 @@ from medkfp import vocab
 from medkfp.cli import main
 from medkfp.serving.client import predict
 from medkfp.serving.server import start_server
+from medkfp.store import open_store
 from medkfp.synth import synth_covid
 
 pytestmark = pytest.mark.integration
@@ -54,6 +55,16 @@ def check_summary(summary: dict, dataset: str, class_names) -> None:
     assert selected["metrics"]["macro_f1"] == best
 
 
+def check_ui_reports(pipeline_root, candidates: int, decision: str) -> None:
+    """The HTML artifacts the KFP UI shows: a report per candidate and one comparison table."""
+    reports = sorted(p for p in pipeline_root.rglob("report") if p.is_file())
+    assert len(reports) == candidates
+    for report in reports:
+        assert report.read_text().count("data:image/png;base64,") == 2  # heat map, curves
+    comparisons = [p for p in pipeline_root.rglob("comparison") if p.is_file()]
+    assert len(comparisons) == 1 and decision in comparisons[0].read_text()
+
+
 def stub_predict(channel, model: str, images: list[bytes], **spec) -> predict_pb2.PredictResponse:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
@@ -81,6 +92,11 @@ def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
     }
     assert summary["push_reason"] == "no champion yet"
     assert all(c["model_uri"].startswith("s3://medkfp/runs/") for c in summary["candidates"])
+    assert summary["champion"] is None and summary["gate"]["push"] is True
+    for candidate in summary["candidates"]:
+        assert candidate["metrics"]["macro_roc_auc"] is not None
+        assert candidate["config"]["epochs"] == 12 and candidate["devices"]
+    check_ui_reports(tmp_path / "kfp", 3, f"Pushed {vocab.COVID} v1")
 
     root = tmp_path / "unseen" / vocab.COVID_ROOT
     unseen = [(p.read_bytes(), c) for c in vocab.COVID_CLASSES for p in (root / c / "images").glob("*.png")]
@@ -133,6 +149,14 @@ def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
     finally:
         server.stop()
 
+    # external validation of the pushed version on the unseen set agrees with the server
+    run_cli("evaluate", "--model", f"s3://medkfp/models/{vocab.COVID}/1", "--source",
+            str(tmp_path / "unseen"), "--json", "--report", str(tmp_path / "external.html"))
+    external = json.loads(capsys.readouterr().out)
+    assert external["dataset"] == vocab.COVID and external["counts"]["accepted"] == 8
+    assert round(external["metrics"]["accuracy"] * 8) == right
+    assert (tmp_path / "external.html").is_file()
+
     # the same run again trains the same model: the champion gate keeps v1
     run_cli("run", "--dataset", vocab.COVID, "--source", str(tmp_path / "data"), "--epochs", "12",
             "--image-size", "48", "--summary", str(summary_path),
@@ -140,6 +164,10 @@ def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
     again = json.loads(summary_path.read_text())
     assert again["pushed"] is None
     assert again["push_reason"].startswith("not better than champion v1")
+    selected = next(c for c in summary["candidates"] if c["name"] == summary["selected"])
+    assert again["champion"]["version"] == 1
+    assert again["gate"]["champion"] == selected["metrics"]["macro_f1"]
+    assert again["gate"]["challenger"] < again["gate"]["champion"] + again["gate"]["min_delta"]
 
 
 def test_imagefolder_run_on_a_local_store(tmp_path):
@@ -162,3 +190,40 @@ def test_imagefolder_run_on_a_local_store(tmp_path):
         assert [p["class"] for p in result["predictions"]] == ["circles", "plain", "stripes"]
     finally:
         server.stop()
+
+
+def test_grid_file_with_weights_from_the_store_and_gate_options(tmp_path, s3_env):
+    """A grid file mixing a frozen MobileNetV2 (backbone weights from s3://) with a class-weighted
+    small CNN, selected by balanced accuracy behind a recall floor: every run-level option
+    travels through kfp.local into the steps."""
+    import keras
+
+    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None,
+                                              pooling="avg")
+    backbone.save_weights(tmp_path / "mobilenetv2.weights.h5")
+    open_store("s3://medkfp").put_file("weights/mobilenetv2.weights.h5", tmp_path / "mobilenetv2.weights.h5")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "- {architecture: mobilenetv2, balancing: oversample, batch_size: 8, dense_units: 32}\n"
+        "- {architecture: simple-cnn, balancing: class_weight, batch_size: 8, learning_rate: 0.003}\n"
+    )
+    folder = write_shapes_folder(tmp_path / "Shapes", per_class=12, size=32)
+    summary_path = tmp_path / "summary.json"
+    weights = "s3://medkfp/weights/{architecture}.weights.h5"
+    run_cli("run", "--dataset", vocab.IMAGEFOLDER, "--source", str(folder), "--grid", str(grid),
+            "--epochs", "2", "--image-size", "32", "--weights", weights, "--freeze-backbone",
+            "--selection-metric", "balanced_accuracy", "--min-recall", "circles=0.0",
+            "--summary", str(summary_path), "--pipeline-root", str(tmp_path / "kfp"))
+    summary = json.loads(summary_path.read_text())
+    configs = {c["name"]: c["config"] for c in summary["candidates"]}
+    assert configs["mobilenetv2-oversample"]["weights"] == weights
+    assert configs["mobilenetv2-oversample"]["freeze_backbone"] is True
+    small = configs["simple-cnn-class_weight"]
+    assert (small["weights"], small["freeze_backbone"]) == ("none", False)  # no backbone to load
+    assert {(c["epochs"], c["image_size"]) for c in configs.values()} == {(2, 32)}
+    assert summary["image_size"] == 32 and summary["selection_metric"] == "balanced_accuracy"
+    best = max(summary["candidates"], key=lambda c: c["metrics"]["balanced_accuracy"])
+    assert summary["selected"] == best["name"]
+    assert summary["gate"]["min_recall"]["circles"]["floor"] == 0.0
+    assert summary["pushed"]["version"] == 1 and summary["push_reason"] == "no champion yet"
+    check_ui_reports(tmp_path / "kfp", 2, "Pushed shapes v1")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import io
+import json
+import shutil
 import socket
 import threading
 import time
@@ -11,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from serving_helpers import CLASSES, SIZE, encoded, export_model, png, png_bomb
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -21,24 +22,16 @@ from tensorflow_serving.apis import (
 )
 
 from medkfp import vocab
-from medkfp.imaging import export_serving_model
+from medkfp.cli import main
 from medkfp.model_repository import ModelRepository
 from medkfp.serving import client
-from medkfp.serving.server import ServeError, serve, start_server
+from medkfp.serving.server import RequestLimits, ServeError, serve, start_server
 from medkfp.store import LocalStore
 
-CLASSES = ["a", "b", "c"]
-SIZE = 16
-# The module's server refuses messages above this, so the size limit is cheap to test.
+# The module's server refuses messages above this, and more images or pixels than these,
+# so the limits are cheap to test.
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
-
-
-def png(mode: str, width: int, height: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    shape = (height, width) if mode == "L" else (height, width, 3)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buffer, "PNG")
-    return buffer.getvalue()
+LIMITS = RequestLimits(max_image_pixels=200 * 200, max_batch=8)
 
 
 IMAGES = [png("L", 20, 30, 0), png("RGB", 16, 16, 1), png("RGB", 40, 25, 2)]
@@ -51,18 +44,7 @@ def string_tensor(values: list[bytes]):
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     """A tiny classifier exported with the project's serving signatures, built once."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((SIZE, SIZE, 3)),
-            keras.layers.Rescaling(1 / 255),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(len(CLASSES), activation="softmax"),
-        ]
-    )
-    return export_serving_model(model, CLASSES, SIZE, tmp_path_factory.mktemp("export") / "m")
+    return export_model(tmp_path_factory.mktemp("export") / "m")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +63,7 @@ def server(tmp_path_factory, export_dir):
         cache_dir=tmp_path_factory.mktemp("cache"),
         poll_interval=60,
         max_message_bytes=MAX_MESSAGE_BYTES,
+        limits=LIMITS,
     )
     yield handle
     handle.stop()
@@ -239,6 +222,39 @@ def test_request_above_size_limit_is_refused(prediction):
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_image_and_batch_limits_are_invalid_argument(prediction):
+    cases = [
+        (predict_request(images=[IMAGES[0], png("L", 300, 200, 3)]),
+         "image 1 of the request is 300x200 pixels, above this server's limit of 40000 pixels"),
+        (predict_request(images=IMAGES[:1] * 9), "holds 9 items, above this server's limit of 8"),
+    ]
+    for request, message in cases:
+        error = rpc_error(prediction.Predict, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in error.details()
+
+
+def test_decompression_bomb_is_refused_before_decoding(prediction):
+    bomb = png_bomb(10_000, 10_000)  # ~100 KB on the wire, 300 MB as pixels
+    started = time.monotonic()
+
+    error = rpc_error(prediction.Predict, predict_request(images=[bomb]))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10000x10000 pixels" in error.details()
+    assert time.monotonic() - started < 2.0
+
+
+def test_graph_refusals_are_one_line(prediction):
+    error = rpc_error(prediction.Predict, predict_request(images=[encoded("GIF")]))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "model m version 2 signature 'serving_default' cannot process the input: "
+        "the image is not PNG, JPEG or BMP: send the file bytes of a PNG or JPEG image"
+    )
+
+
 def test_concurrent_requests(address):
     errors = []
 
@@ -301,6 +317,68 @@ def test_client_metadata_and_status(address):
     ]
 
 
+def test_client_rest_response_shape(address):
+    result = client.predict(address, "m", IMAGES[:2])
+
+    rest = client.rest_response(result)
+
+    assert list(rest) == ["predictions"]
+    assert rest["predictions"] == [
+        {"classes": p["class"], "probabilities": p["probabilities"]} for p in result["predictions"]
+    ]
+
+
+def test_client_retries_unavailable_with_backoff(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(client.time, "sleep", sleeps.append)
+
+    with pytest.raises(client.ServingError, match="cannot reach model server") as info:
+        client.predict("127.0.0.1:1", "m", IMAGES[:1], timeout=2, retries=3, backoff=0.1)
+
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert sleeps == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_client_does_not_retry_other_errors(address, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(client.time, "sleep", sleeps.append)
+
+    with pytest.raises(client.ServingError):
+        client.predict(address, "m", [b"not an image"], retries=3)
+
+    assert sleeps == []
+
+
+def test_predict_command_outputs(address, tmp_path, capsys):
+    paths = []
+    for i, image in enumerate(IMAGES):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(image)
+    args = ["predict", "--server", address, "--model", "m", *map(str, paths)]
+    capsys.readouterr()
+
+    assert main([*args, "--label", vocab.STABLE_LABEL, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert main([*args, "--rest-json", "--retries", "0"]) == 0
+    rest = json.loads(capsys.readouterr().out)
+
+    assert printed["version"] == 1
+    assert [p["image"] for p in printed["predictions"]] == [str(p) for p in paths]
+    assert list(rest) == ["predictions"] and len(rest["predictions"]) == len(IMAGES)
+    assert set(rest["predictions"][0]) == {vocab.OUTPUT_CLASSES, vocab.OUTPUT_PROBABILITIES}
+
+
+def test_predict_command_errors_are_one_line(address, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    capsys.readouterr()
+
+    assert main(["predict", "--server", address, "--model", "m", str(tmp_path / "x.png")]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("medkfp: error: model m version 2 signature 'serving_default' cannot process")
+    assert err.count("\n") == 1
+
+
 def test_client_errors_are_one_line(address, monkeypatch):
     with pytest.raises(client.ServingError, match="'nope' is not served") as info:
         client.predict(address, "nope", IMAGES[:1])
@@ -335,6 +413,10 @@ def wait_for(condition, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def available(address: str, model: str = "m") -> list[int]:
+    return [s["version"] for s in client.model_status(address, model) if s["state"] == "AVAILABLE"]
+
+
 def test_new_versions_are_picked_up_without_failing_requests(export_dir, tmp_path, caplog):
     caplog.set_level("INFO", logger="medkfp.serving.server")
     store = LocalStore(tmp_path / "store")
@@ -361,7 +443,7 @@ def test_new_versions_are_picked_up_without_failing_requests(export_dir, tmp_pat
 
             # models.config keeps two versions: publishing 3 drops version 1.
             repo.publish("m", export_dir, {"class_names": CLASSES})
-            wait_for(lambda: [s["version"] for s in client.model_status(address, "m")] == [2, 3])
+            wait_for(lambda: available(address) == [2, 3])
         finally:
             done.set()
             worker.join()
@@ -370,16 +452,21 @@ def test_new_versions_are_picked_up_without_failing_requests(export_dir, tmp_pat
         assert not (cache / "m" / "1").exists()
         assert "loaded model m version 3" in caplog.text
         assert "unloaded model m version 1" in caplog.text
+        assert client.model_status(address, "m", version=1)[0]["state"] == "END"
 
         # A version that cannot load, or a broken config, leaves the loaded set serving.
         broken = tmp_path / "broken"
-        broken.mkdir()
-        (broken / "saved_model.pb").write_bytes(b"garbage")
+        shutil.copytree(export_dir, broken)
+        for data in (broken / "variables").glob("variables.data-*"):
+            data.write_bytes(b"truncated")
         repo.publish("m", broken, {"class_names": CLASSES})
         wait_for(lambda: "cannot load model m version 4" in caplog.text)
+        [failed] = client.model_status(address, "m", version=4)
+        assert failed["state"] == "END" and failed["error_code"] == "UNKNOWN"
+        assert failed["error_message"]
         store.put_text("models/models.config", "this is { not a config")
         wait_for(lambda: "cannot reload models.config" in caplog.text)
-        assert [s["version"] for s in client.model_status(address, "m")] == [2, 3]
+        assert available(address) == [2, 3]
         assert client.predict(address, "m", IMAGES[:1])["version"] == 3
         assert client.predict(address, "m", IMAGES[:1], label=vocab.STABLE_LABEL)["version"] == 3
 

@@ -1,7 +1,7 @@
 """KFP wrapper of the evaluate step."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Input, Metrics, Model, Output
 
 from medkfp import vocab
 
@@ -13,16 +13,18 @@ def evaluate(
     evaluation: Output[Artifact],
     confusion: Output[ClassificationMetrics],
     scores: Output[Metrics],
+    report: Output[HTML],
 ):
-    """Score one candidate on the test split; log its confusion matrix and scalars."""
+    """Score one candidate on the test split; log its confusion matrix, scalars and report."""
     from medkfp.artifacts import read_json_artifact, write_json_artifact
     from medkfp.components.evaluate.logic import evaluate
+    from medkfp.metrics import ui_scalars
 
-    summary = evaluate(read_json_artifact(dataset), read_json_artifact(model))
+    summary = evaluate(read_json_artifact(dataset), read_json_artifact(model), report_path=report.path)
     metrics = summary["metrics"]
     confusion.log_confusion_matrix(metrics["class_names"], metrics["confusion_matrix"])
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1"):
-        scores.log_metric(key, metrics[key])
+    for key, value in ui_scalars(metrics).items():
+        scores.log_metric(key, value)
     write_json_artifact(
         evaluation, summary, candidate=summary["candidate"]["name"], macro_f1=metrics["macro_f1"]
     )

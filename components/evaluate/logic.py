@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from medkfp.components.evaluate.report import candidate_report, write_html
 from medkfp.components.train.logic import download_shards, parse_example
 from medkfp.imaging import load_signature, predict_bytes
 from medkfp.metrics import classification_metrics
@@ -26,8 +27,34 @@ def read_split(paths: list[str]) -> tuple[list[bytes], np.ndarray]:
     return images, np.array(labels, dtype=np.int64)
 
 
-def evaluate(dataset_summary: dict, trained_summary: dict, split: str = "test") -> dict:
-    """Score the trained candidate on `split`; returns the candidate, its metrics and URI."""
+def score_probabilities(probabilities: np.ndarray, labels, class_names, model: str) -> dict:
+    """Metrics of predicted probabilities [N, C] against class indices `labels`.
+
+    Raises ValueError when the model's number of outputs is not the number of classes.
+    """
+    if not len(labels):
+        return classification_metrics(labels, np.array([], dtype=np.int64), class_names)
+    if probabilities.shape[1] != len(class_names):
+        raise ValueError(
+            f"the model {model} predicts {probabilities.shape[1]} classes but the data has "
+            f"{len(class_names)} ({', '.join(class_names)}): check --dataset and the model"
+        )
+    return classification_metrics(labels, probabilities.argmax(axis=1), class_names, probabilities)
+
+
+def write_report(evaluation: dict, report_path, title: str | None = None) -> None:
+    if report_path:
+        write_html(report_path, candidate_report(evaluation, title))
+
+
+def evaluate(dataset_summary: dict, trained_summary: dict, split: str = "test", report_path=None) -> dict:
+    """Score the trained candidate on `split`.
+
+    Args:
+      report_path: where to write the HTML report (curves, heat map, tables); None: none.
+    Returns the evaluation summary: the candidate, its metrics, model key and URI, training
+    history and devices (carried on for the push step's comparison and metadata).
+    """
     store = open_store(dataset_summary["store"])
     class_names = dataset_summary["class_names"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,13 +64,18 @@ def evaluate(dataset_summary: dict, trained_summary: dict, split: str = "test") 
         images, labels = read_split(paths)
         _, signature = load_signature(tmp / "model")
         probabilities = predict_bytes(signature, images)
-    predictions = probabilities.argmax(axis=1) if len(images) else np.array([], dtype=np.int64)
-    return {
+        metrics = score_probabilities(probabilities, labels, class_names, trained_summary["model_uri"])
+    evaluation = {
         "candidate": trained_summary["candidate"],
         "split": split,
-        "metrics": classification_metrics(labels, predictions, class_names),
+        "metrics": metrics,
         "model_key": trained_summary["model_key"],
         "model_uri": trained_summary["model_uri"],
+        "image_size": trained_summary.get("image_size", dataset_summary["image_size"]),
+        "epochs_run": trained_summary.get("epochs_run"),
         "history": trained_summary["history"],
         "devices": trained_summary["devices"],
+        "accelerator": trained_summary.get("accelerator"),
     }
+    write_report(evaluation, report_path)
+    return evaluation

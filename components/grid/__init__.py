@@ -1,1 +1,1 @@
-"""Grid: expand the experiment grid (name or JSON) into the candidate list the pipeline fans out over."""
+"""Grid: expand the experiment grid (name or JSON) into the complete candidates the pipeline fans out over."""

@@ -7,10 +7,18 @@ from medkfp import vocab
 
 
 @dsl.component(base_image=vocab.COMPONENT_IMAGE, install_kfp_package=False)
-def ingest(dataset: str, source: str, store: str, run_id: str, manifest: Output[Artifact]):
-    """Scan and check the raw images, upload them, write the manifest."""
+def ingest(
+    dataset: str,
+    source: str,
+    store: str,
+    run_id: str,
+    manifest: Output[Artifact],
+    label: str = "class",
+    max_rejected_fraction: float = 0.5,  # a literal: KFP runs this source alone; = vocab's default
+):
+    """Scan and check the raw images (folder, archive or s3:// prefix), upload them, write the manifest."""
     from medkfp.artifacts import write_json_artifact
     from medkfp.components.ingest.logic import ingest
 
-    summary = ingest(dataset, source, store, run_id)
+    summary = ingest(dataset, source, store, run_id, label=label, max_rejected_fraction=max_rejected_fraction)
     write_json_artifact(manifest, summary, **summary["counts"])

@@ -1,36 +1,68 @@
-"""Ingest: scan a source, decode-check every file, write the manifest and upload the images."""
+"""Ingest: scan a source, decode-check every file, write the manifest and upload the images.
+
+Nothing found is lost: every file is accepted, rejected with a reason, or ignored with a
+reason (masks, metadata), and found = accepted + rejected. Files with identical content
+are reported and share a leakage group with each other (and MIAS films with their pair),
+so the split keeps them in one split.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from dataclasses import dataclass, field
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from medkfp import vocab
-from medkfp.components.ingest.layouts import scan_source
+from medkfp.components.ingest.images import DEFAULT_MAX_PIXELS, Rejection, check_image
+from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
+from medkfp.components.ingest.parallel import DEFAULT_WORKERS, bounded_map, progress_bar
+from medkfp.components.ingest.sources import UnreadableFile
 from medkfp.store import open_store
 
-MANIFEST_COLUMNS = ["id", "path", "label", "suffix", "sha256", "bytes", "width", "height", "mode"]
-UPLOAD_THREADS = 8
+MANIFEST_COLUMNS = ["id", "path", "label", "group", "suffix", "sha256", "bytes", "width", "height",
+                    "mode", "format"]
+REJECT_COLUMNS = ["path", "reason", "kind"]
+DEFAULT_MAX_REJECTED_FRACTION = vocab.DEFAULT_MAX_REJECTED_FRACTION
 
 
-def check_image(data: bytes) -> tuple[dict | None, str | None]:
-    """Decode-check one file's bytes: (info, None) if usable, (None, reason) if not."""
-    if not data:
-        return None, "empty file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # full decode: catches truncated and corrupt pixel data
-            return {"width": image.width, "height": image.height, "mode": image.mode}, None
-    except Image.DecompressionBombError:
-        return None, f"over the pixel limit ({Image.MAX_IMAGE_PIXELS} pixels)"
-    except UnidentifiedImageError:
-        return None, "not an image (no decoder recognises it)"
-    except (OSError, SyntaxError, ValueError) as e:
-        return None, f"truncated or corrupt image ({e})"
+@dataclass
+class Survey:
+    """What a source holds, file by file: the result of scanning and checking it."""
+
+    dataset: str
+    source: str
+    label: str
+    class_names: list[str]
+    accepted: list[dict] = field(default_factory=list)  # manifest rows
+    rejects: list[dict] = field(default_factory=list)  # {path, reason, kind}
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    meta_columns: tuple[str, ...] = ()
+
+    @property
+    def found(self) -> int:
+        return len(self.accepted) + len(self.rejects)
+
+    @property
+    def rejected_fraction(self) -> float:
+        return len(self.rejects) / self.found if self.found else 0.0
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(r["label"] for r in self.accepted)
+        return {c: int(counts[c]) for c in self.class_names}
+
+    def duplicates(self) -> list[dict]:
+        """Sets of accepted files with identical content: {sha256, paths, labels}."""
+        by_hash: dict[str, list[dict]] = {}
+        for record in self.accepted:
+            by_hash.setdefault(record["sha256"], []).append(record)
+        return [
+            {"sha256": h, "paths": [r["path"] for r in rs], "labels": sorted({r["label"] for r in rs})}
+            for h, rs in sorted(by_hash.items()) if len(rs) > 1
+        ]
 
 
 def image_id(relative_path: str) -> str:
@@ -38,69 +70,223 @@ def image_id(relative_path: str) -> str:
     return hashlib.sha256(relative_path.encode()).hexdigest()[:16]
 
 
-def ingest(dataset: str, source: str, store_uri: str, run_id: str) -> dict:
+def survey_source(
+    dataset: str,
+    source: str,
+    label: str = "class",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep=None,
+    workers: int = DEFAULT_WORKERS,
+    progress: bool = False,
+) -> Survey:
+    """Scan `source` with the dataset's layout and decode-check every candidate file.
+
+    Args:
+        dataset, source, label: as for ingest.
+        max_pixels: images over this many pixels are rejected (decompression-bomb guard).
+        keep: called as keep(record, data) for each accepted file, in a worker thread
+            (ingest uploads there, so each file is read once).
+        workers: reader/checker threads.
+        progress: draw a progress bar on stderr.
+
+    Returns the Survey, accepted rows and rejects sorted by path, groups assigned.
+    Raises LayoutError (a ValueError) or StoreError.
+    """
+    with opened_source(source) as opened:
+        scan = scan_layout(dataset, opened, label)
+        survey = Survey(dataset, str(source), label, scan.class_names, ignored=scan.ignored,
+                        notes=list(scan.notes), meta_columns=scan.meta_columns)
+        survey.rejects += [_reject(p, r, "unlabelled") for p, r in scan.unlabelled]
+        survey.rejects += [_reject(p, r, "unreadable") for p, r in opened.unlisted]
+        items = {item.path: item for item in scan.files}
+
+        def inspect(pair):
+            path, loader = pair
+            return _inspect(items[path], loader, max_pixels, keep)
+
+        with progress_bar(progress, f"checking {len(items)} files", len(items)) as advance:
+            for record, rejection, path in bounded_map(inspect, opened.loaders(list(items)), workers):
+                if rejection:
+                    survey.rejects.append(_reject(path, rejection.reason, rejection.kind))
+                else:
+                    survey.accepted.append(record)
+                advance()
+    survey.accepted.sort(key=lambda r: r["path"])
+    survey.rejects.sort(key=lambda r: r["path"])
+    assign_groups(survey.accepted)
+    return survey
+
+
+def _inspect(item: Item, loader, max_pixels: int, keep) -> tuple[dict | None, Rejection | None, str]:
+    """Read and check one file; returns (manifest row, None, path) or (None, why, path)."""
+    try:
+        data = loader()
+    except UnreadableFile as e:
+        reason = str(e) if e.kind != "unreadable" else f"unreadable ({e})"
+        return None, Rejection(e.kind, reason), item.path
+    info, rejection = check_image(data, max_pixels)
+    if rejection:
+        return None, rejection, item.path
+    suffix = "." + item.path.rsplit(".", 1)[-1].lower() if "." in item.path.rsplit("/", 1)[-1] else ""
+    record = {
+        "id": image_id(item.path), "path": item.path, "label": item.label, "group": item.group,
+        "suffix": suffix, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+        **info, **item.meta,
+    }
+    if keep is not None:
+        keep(record, data)
+    return record, None, item.path
+
+
+def _reject(path: str, reason: str, kind: str) -> dict:
+    return {"path": path, "reason": reason, "kind": kind}
+
+
+def assign_groups(records: list[dict]) -> None:
+    """Set each record's leakage group: its layout group merged with identical-content files.
+
+    A group is named after its layout group (e.g. mias-pair-001), else "dup-<hash>" for
+    a set of identical files, else the image's own id.
+    """
+    parent: dict[str, str] = {}
+
+    def find(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    counts = Counter(r["sha256"] for r in records)
+    for r in records:
+        if r.get("group"):
+            union(r["id"], "group:" + r["group"])
+        if counts[r["sha256"]] > 1:
+            union(r["id"], "dup:" + r["sha256"][:16])
+    members: dict[str, list[str]] = {}
+    for node in list(parent):
+        members.setdefault(find(node), []).append(node)
+    names = {}
+    for root, nodes in members.items():
+        layout = sorted(n.removeprefix("group:") for n in nodes if n.startswith("group:"))
+        copies = sorted(n.removeprefix("dup:") for n in nodes if n.startswith("dup:"))
+        names[root] = layout[0] if layout else f"dup-{copies[0]}"
+    for r in records:
+        r["group"] = names[find(r["id"])] if r["id"] in parent else r["id"]
+
+
+def ingest(
+    dataset: str,
+    source: str,
+    store_uri: str,
+    run_id: str,
+    label: str = "class",
+    max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = DEFAULT_WORKERS,
+    progress: bool = False,
+) -> dict:
     """Scan `source`, check every file, upload accepted images, write manifest and rejects.
 
-    Returns the ingest summary: store, keys of the manifest and rejects CSVs, class names
-    and counts (found = accepted + rejected; ignored files are listed apart).
-    Raises LayoutError for a source without the dataset's layout, StoreError for the store.
+    Args:
+        dataset: covid19-radiography, mias or imagefolder.
+        source: a folder, a .zip/.tar(.gz) archive, or s3://bucket/prefix.
+        store_uri, run_id: where the run's files go.
+        label: "class", or "severity" (mias: normal / benign / malignant).
+        max_rejected_fraction: fail when more of the files found are rejected.
+        max_pixels: pixel limit per image.
+
+    Returns the ingest summary: store, keys of the manifest, rejects and ignored CSVs,
+    class names and counts (found = accepted + rejected), every reject {path, reason},
+    duplicate sets and layout notes.
+    Raises LayoutError for a source without the dataset's layout, ValueError for too many
+    rejects or a class without images, StoreError for the store.
     """
-    scan = scan_source(dataset, source)
+    if not 0 <= max_rejected_fraction <= 1:
+        raise ValueError(f"--max-rejected-fraction must be between 0 and 1, got {max_rejected_fraction}")
     store = open_store(store_uri)
-    accepted, rejects = [], [{"path": str(p.relative_to(scan.root)), "reason": r}
-                             for p, r in scan.unlabelled]
-    for path, label in scan.files:
-        rel = path.relative_to(scan.root).as_posix()
-        data = path.read_bytes()
-        info, reason = check_image(data)
-        if reason:
-            rejects.append({"path": rel, "reason": reason})
-            continue
-        accepted.append({
-            "id": image_id(rel), "path": rel, "label": label, "suffix": path.suffix.lower(),
-            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), **info,
-        })
-    manifest = pd.DataFrame(accepted, columns=MANIFEST_COLUMNS)
-    rejected = pd.DataFrame(rejects, columns=["path", "reason"])
-    class_counts = manifest["label"].value_counts().reindex(scan.class_names, fill_value=0)
-    empty = [c for c, n in class_counts.items() if n == 0]
-    if empty:
-        raise ValueError(
-            f"no usable image for class(es) {', '.join(empty)} in {source}: "
-            "add images or remove the empty class folder"
-        )
 
-    def upload(row) -> None:
-        store.put_file(vocab.raw_image_key(run_id, row.id, row.suffix), scan.root / row.path)
+    def upload(record: dict, data: bytes) -> None:
+        store.put_bytes(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
 
-    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        list(pool.map(upload, manifest.itertuples()))
-
-    manifest_key = vocab.run_key(run_id, "ingest", "manifest.csv")
-    rejects_key = vocab.run_key(run_id, "ingest", "rejects.csv")
-    store.put_text(manifest_key, manifest.to_csv(index=False))
-    store.put_text(rejects_key, rejected.to_csv(index=False))
+    survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress)
+    keys = {n: vocab.run_key(run_id, "ingest", f"{n}.csv") for n in ("manifest", "rejects", "ignored")}
+    rejects = pd.DataFrame(survey.rejects, columns=REJECT_COLUMNS)
+    store.put_text(keys["rejects"], rejects.to_csv(index=False))
+    ignored = pd.DataFrame(survey.ignored, columns=["path", "reason"])
+    store.put_text(keys["ignored"], ignored.to_csv(index=False))
+    check_rejected_fraction(survey, max_rejected_fraction, store.uri_for(keys["rejects"]))
+    check_every_class(survey)
+    columns = MANIFEST_COLUMNS + list(survey.meta_columns)
+    store.put_text(keys["manifest"], pd.DataFrame(survey.accepted, columns=columns).to_csv(index=False))
     return {
         "dataset": dataset,
         "source": str(source),
+        "label": label,
         "run_id": run_id,
         "store": store.uri,
-        "class_names": scan.class_names,
-        "manifest_key": manifest_key,
-        "rejects_key": rejects_key,
-        "counts": {
-            "found": len(scan.files) + len(scan.unlabelled),
-            "accepted": len(manifest),
-            "rejected": len(rejected),
-            "ignored": len(scan.ignored),
-        },
-        "class_counts": {c: int(n) for c, n in class_counts.items()},
-        "rejects": rejects,
+        "class_names": survey.class_names,
+        "manifest_key": keys["manifest"],
+        "rejects_key": keys["rejects"],
+        "ignored_key": keys["ignored"],
+        "counts": counts_of(survey),
+        "class_counts": survey.class_counts(),
+        "rejects": survey.rejects,
+        "reject_kinds": dict(Counter(r["kind"] for r in survey.rejects)),
+        "ignored_reasons": dict(Counter(reason for _, reason in survey.ignored)),
+        "duplicates": survey.duplicates(),
+        "notes": survey.notes,
     }
+
+
+def counts_of(survey: Survey) -> dict[str, int]:
+    return {
+        "found": survey.found,
+        "accepted": len(survey.accepted),
+        "rejected": len(survey.rejects),
+        "ignored": len(survey.ignored),
+    }
+
+
+def rejected_fraction_problem(survey: Survey, limit: float, where: str = "") -> str | None:
+    """The one-line message when too many files are rejected, else None."""
+    if survey.rejected_fraction <= limit:
+        return None
+    listed = f"; the list is in {where}" if where else ""
+    return (
+        f"{len(survey.rejects)} of {survey.found} files in {survey.source} were rejected "
+        f"({survey.rejected_fraction:.1%}), over --max-rejected-fraction {limit:g}{listed}: "
+        "fix or remove the files (`medkfp plan` lists each with its reason), or raise the limit"
+    )
+
+
+def check_rejected_fraction(survey: Survey, limit: float, where: str = "") -> None:
+    problem = rejected_fraction_problem(survey, limit, where)
+    if problem:
+        raise ValueError(problem)
+
+
+def empty_classes_problem(survey: Survey) -> str | None:
+    empty = [c for c, n in survey.class_counts().items() if n == 0]
+    if not empty:
+        return None
+    return (
+        f"no usable image for class(es) {', '.join(empty)} in {survey.source}: "
+        "add images or remove the empty class folder"
+    )
+
+
+def check_every_class(survey: Survey) -> None:
+    problem = empty_classes_problem(survey)
+    if problem:
+        raise ValueError(problem)
 
 
 def read_manifest(summary: dict) -> pd.DataFrame:
     """The accepted-images manifest an ingest summary points to."""
     store = open_store(summary["store"])
-    return pd.read_csv(io.StringIO(store.get_text(summary["manifest_key"])), dtype={"id": str})
+    return pd.read_csv(io.StringIO(store.get_text(summary["manifest_key"])),
+                       dtype={"id": str, "group": str, "path": str, "label": str}, keep_default_na=False)
 

@@ -2,7 +2,7 @@
 
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Output
+from kfp.dsl import HTML, Artifact, Input, Output
 
 from medkfp import vocab
 
@@ -15,7 +15,10 @@ def push(
     store: str,
     model_name: str,
     min_delta: float,
+    selection_metric: str,
+    min_recall: dict,
     summary: Output[Artifact],
+    comparison: Output[HTML],
 ) -> str:
     """Select the best candidate, push it past the champion gate; returns the run summary."""
     import json
@@ -30,6 +33,9 @@ def push(
         store,
         model_name,
         min_delta,
+        selection_metric,
+        min_recall,
+        comparison_path=comparison.path,
     )
     write_json_artifact(summary, result, selected=result["selected"], reason=result["push_reason"])
     return json.dumps(result)

@@ -1,46 +1,115 @@
-"""Select the best candidate and push it as the next model version, if it beats the champion."""
+"""Select the best candidate and push it as the next model version, if it passes the champion gate.
+
+The gate compares the challenger with the version currently served for the dataset (the
+metrics in that version's metadata): the challenger must beat it by `min_delta` on the
+selection metric and meet every per-class recall floor.
+"""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from medkfp import vocab
+from medkfp.components.evaluate.report import comparison_report, write_html
 from medkfp.model_repository import ModelRepository
 from medkfp.store import open_store
+
+
+def check_selection_metric(metric: str) -> str:
+    if metric not in vocab.SELECTION_METRICS:
+        raise ValueError(
+            f"unknown selection metric {metric!r}: use one of {', '.join(vocab.SELECTION_METRICS)}"
+        )
+    return metric
+
+
+def check_min_recall(min_recall: dict | None, class_names) -> dict[str, float]:
+    """Validate per-class recall floors {class: floor}; raises ValueError naming the fix."""
+    floors = {}
+    for name, floor in (min_recall or {}).items():
+        if name not in class_names:
+            raise ValueError(
+                f"--min-recall names class {name!r}, which is not one of {', '.join(class_names)}"
+            )
+        if not 0 <= float(floor) <= 1:
+            raise ValueError(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
+        floors[name] = float(floor)
+    return floors
+
+
+def score(metrics: dict, metric: str) -> float:
+    value = metrics.get(metric)
+    return -math.inf if value is None else float(value)
 
 
 def rank_key(evaluation: dict, metric: str) -> tuple[float, float]:
     """Sort key: the selection metric, then balanced accuracy to break ties."""
     metrics = evaluation["metrics"]
-    return (metrics[metric], metrics["balanced_accuracy"])
+    return (score(metrics, metric), score(metrics, "balanced_accuracy"))
 
 
 def select_best(evaluations: list[dict], metric: str = vocab.SELECTION_METRIC) -> dict:
+    """The evaluation ranking first by `metric` (balanced accuracy breaks ties)."""
+    check_selection_metric(metric)
     if not evaluations:
         raise ValueError("no candidate was evaluated: the grid is empty")
     return max(evaluations, key=lambda e: rank_key(e, metric))
 
 
+def recall_checks(metrics: dict, floors: dict[str, float]) -> dict[str, dict]:
+    """{class: {floor, recall, met}} for each recall floor."""
+    checks = {}
+    for name, floor in floors.items():
+        recall = metrics["per_class"][name]["recall"]
+        checks[name] = {"floor": floor, "recall": recall, "met": recall >= floor}
+    return checks
+
+
+def champion_gate(
+    challenger: dict,
+    champion: dict | None,
+    metric: str,
+    min_delta: float,
+    min_recall: dict[str, float] | None = None,
+) -> dict:
+    """The gate's record: scores compared, recall floors, whether to push and why.
+
+    `challenger` is an evaluation, `champion` the served version's metadata (or None).
+    """
+    value = challenger["metrics"].get(metric)
+    record = {
+        "metric": metric, "challenger": value, "champion": None, "delta": None,
+        "min_delta": min_delta, "min_recall": recall_checks(challenger["metrics"], min_recall or {}),
+    }
+    unmet = [f"{n} {c['recall']:.4f} < {c['floor']}" for n, c in record["min_recall"].items() if not c["met"]]
+    if unmet:
+        return {**record, "push": False, "reason": f"below the recall floor: {'; '.join(unmet)}"}
+    if value is None:
+        return {**record, "push": False, "reason": f"the challenger has no {metric} to compare"}
+    if champion is None:
+        return {**record, "push": True, "reason": "no champion yet"}
+    version, best = champion["version"], champion["metrics"].get(metric)
+    if best is None:
+        return {**record, "push": False, "reason": (
+            f"champion v{version} records no {metric}: select by a metric it records, e.g. macro_f1")}
+    record.update(champion=best, delta=value - best)
+    compared = f"{metric} {value:.4f} vs {best:.4f}"
+    if value >= best + min_delta:
+        reason = f"better than champion v{version}: {compared} (min delta {min_delta})"
+        return {**record, "push": True, "reason": reason}
+    reason = f"not better than champion v{version}: {compared} (needs +{min_delta})"
+    return {**record, "push": False, "reason": reason}
+
+
 def champion_decision(
-    challenger: dict, champion: dict | None, metric: str, min_delta: float
+    challenger: dict, champion: dict | None, metric: str, min_delta: float, min_recall=None
 ) -> tuple[bool, str]:
     """(push?, reason) for a challenger's metrics against the served champion's metadata."""
-    score = challenger["metrics"][metric]
-    if champion is None:
-        return True, "no champion yet"
-    best = champion["metrics"][metric]
-    version = champion["version"]
-    if score >= best + min_delta:
-        return True, (
-            f"better than champion v{version}: {metric} {score:.4f} vs {best:.4f} "
-            f"(min delta {min_delta})"
-        )
-    return False, (
-        f"not better than champion v{version}: {metric} {score:.4f} vs {best:.4f} "
-        f"(needs +{min_delta})"
-    )
+    gate = champion_gate(challenger, champion, metric, min_delta, min_recall)
+    return gate["push"], gate["reason"]
 
 
 def model_card(model_name: str, version: int, metadata: dict) -> str:
@@ -50,12 +119,17 @@ def model_card(model_name: str, version: int, metadata: dict) -> str:
         f"| {m['f1']:.3f} | {m['support']} |"
         for name, m in metrics["per_class"].items()
     )
+    candidate = metadata["candidate"]
+    config = ", ".join(f"{k} {v}" for k, v in candidate.items() if k != "name")
+    roc = metrics.get("macro_roc_auc")
     return f"""# Model card: {model_name} v{version}
 
 - Dataset: {metadata['dataset']} (run {metadata['run_id']})
-- Candidate: {metadata['candidate']['name']}
+- Candidate: {candidate['name']} ({config})
+- Trained on: {', '.join(metadata.get('devices') or ['unknown'])}
 - Test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f},
-  macro-F1 {metrics['macro_f1']:.4f}
+  macro-F1 {metrics['macro_f1']:.4f}, macro ROC-AUC {'n/a' if roc is None else f'{roc:.4f}'}
+- Pushed because: {metadata['gate']['reason']}
 
 | class | precision | recall | specificity | F1 | support |
 |---|---|---|---|---|---|
@@ -67,6 +141,32 @@ target site's data; metrics above come from a held-out split of the training sou
 """
 
 
+def publish(repository: ModelRepository, model_name: str, best: dict, metadata: dict, run_store) -> dict:
+    """Copy the candidate's SavedModel into the repository as its next version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_store.download_dir(best["model_key"], Path(tmp))
+        version = repository.publish(model_name, tmp, metadata, lambda v: model_card(model_name, v, metadata))
+    return {
+        "model_name": model_name,
+        "version": version,
+        "uri": repository.store.uri_for(vocab.model_version_key(model_name, version)),
+    }
+
+
+def candidate_entry(evaluation: dict) -> dict:
+    candidate = evaluation["candidate"]
+    return {
+        "name": candidate["name"],
+        "architecture": candidate["architecture"],
+        "balancing": candidate["balancing"],
+        "config": candidate,
+        "metrics": evaluation["metrics"],
+        "model_uri": evaluation["model_uri"],
+        "epochs_run": evaluation.get("epochs_run"),
+        "devices": evaluation.get("devices"),
+    }
+
+
 def push(
     evaluations: list[dict],
     ingest_summary: dict,
@@ -75,65 +175,73 @@ def push(
     model_name: str = "",
     min_delta: float = vocab.DEFAULT_MIN_DELTA,
     metric: str = vocab.SELECTION_METRIC,
+    min_recall: dict[str, float] | None = None,
+    comparison_path=None,
 ) -> dict:
-    """Pick the best evaluation and publish it unless the champion is as good.
+    """Pick the best evaluation and publish it if it passes the champion gate.
 
-    Returns the run summary (DESIGN.md schema): counts, every candidate's metrics, the
-    selected candidate, what was pushed (or None) and why.
+    Args:
+      metric: selection metric (vocab.SELECTION_METRICS); balanced accuracy breaks ties.
+      min_recall: per-class recall floors, {class name: floor}.
+      comparison_path: where to write the HTML comparison table; None: none.
+    Returns the run summary (DESIGN.md schema plus `champion` and `gate`). Raises
+    ValueError for an unknown metric or class, StoreError when the repository fails.
     """
     dataset = ingest_summary["dataset"]
-    model_name = model_name or vocab.default_model_name(dataset, ingest_summary["source"])
+    model_name = model_name or vocab.default_model_name(
+        dataset, ingest_summary["source"], ingest_summary.get("label", "class")
+    )
+    floors = check_min_recall(min_recall, dataset_summary["class_names"])
     best = select_best(evaluations, metric)
     repository = ModelRepository(open_store(store_uri))
     champion_version = repository.stable_version(model_name)
     champion = repository.metadata(model_name, champion_version) if champion_version else None
-    should_push, reason = champion_decision(best, champion, metric, min_delta)
+    gate = champion_gate(best, champion, metric, min_delta, floors)
 
     pushed = None
-    if should_push:
+    if gate["push"]:
         metadata = {
             "dataset": dataset,
+            "label": ingest_summary.get("label", "class"),
             "candidate": best["candidate"],
             "class_names": best["metrics"]["class_names"],
             "metrics": best["metrics"],
+            "image_size": best.get("image_size", dataset_summary["image_size"]),
             "run_id": ingest_summary["run_id"],
             "source_model_uri": best["model_uri"],
+            "history": best.get("history"),
             "devices": best["devices"],
+            "accelerator": best.get("accelerator"),
+            "selection_metric": metric,
+            "gate": gate,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        run_store = open_store(ingest_summary["store"])
-        with tempfile.TemporaryDirectory() as tmp:
-            run_store.download_dir(best["model_key"], Path(tmp))
-            version = repository.publish(
-                model_name, tmp, metadata, lambda v: model_card(model_name, v, metadata)
-            )
-        pushed = {
-            "model_name": model_name,
-            "version": version,
-            "uri": repository.store.uri_for(vocab.model_version_key(model_name, version)),
-        }
+        pushed = publish(repository, model_name, best, metadata, open_store(ingest_summary["store"]))
 
     counts = dict(ingest_summary["counts"])
     counts.update({split: s["count"] for split, s in dataset_summary["splits"].items()})
-    return {
+    summary = {
         "dataset": dataset,
         "run_id": ingest_summary["run_id"],
+        "image_size": dataset_summary["image_size"],
         "counts": counts,
-        "candidates": [
-            {
-                "name": e["candidate"]["name"],
-                "architecture": e["candidate"]["architecture"],
-                "balancing": e["candidate"]["balancing"],
-                "metrics": e["metrics"],
-                "model_uri": e["model_uri"],
-            }
-            for e in evaluations
-        ],
+        "rejects": ingest_summary.get("rejects", []),
+        "candidates": [candidate_entry(e) for e in evaluations],
         "selected": best["candidate"]["name"],
         "selection_metric": metric,
         "champion": (
-            {"version": champion_version, "metrics": champion["metrics"]} if champion else None
+            {
+                "version": champion_version,
+                "uri": repository.store.uri_for(vocab.model_version_key(model_name, champion_version)),
+                "candidate": champion.get("candidate"),
+                "metrics": champion["metrics"],
+            }
+            if champion else None
         ),
+        "gate": gate,
         "pushed": pushed,
-        "push_reason": reason,
+        "push_reason": gate["reason"],
     }
+    if comparison_path:
+        write_html(comparison_path, comparison_report(summary, evaluations))
+    return summary

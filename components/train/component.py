@@ -11,17 +11,20 @@ def train(
     dataset: Input[Artifact],
     balanced: Input[Artifact],
     candidate: dict,
-    epochs: int,
     seed: int,
     model: Output[Model],
 ):
-    """Train one candidate and export its serving SavedModel to the store."""
+    """Train one candidate (resuming from its stored checkpoint) and export its SavedModel."""
     from medkfp.artifacts import read_json_artifact, write_json_artifact
     from medkfp.components.train.logic import train
 
-    summary = train(
-        read_json_artifact(dataset), read_json_artifact(balanced), candidate, epochs, seed
-    )
+    summary = train(read_json_artifact(dataset), read_json_artifact(balanced), candidate, seed)
     write_json_artifact(
-        model, summary, candidate=summary["candidate"]["name"], model_uri=summary["model_uri"]
+        model,
+        summary,
+        candidate=summary["candidate"]["name"],
+        model_uri=summary["model_uri"],
+        devices=summary["devices"],
+        epochs_run=summary["epochs_run"],
+        resumed_from_epoch=summary["resumed_from_epoch"],
     )

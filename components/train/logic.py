@@ -1,4 +1,10 @@
-"""Train one candidate: stream its balanced train shards, fit, export the serving SavedModel."""
+"""Train one candidate: stream its balanced train shards, fit with per-epoch checkpoints in the
+store, export the serving SavedModel.
+
+A candidate dict (vocab.Candidate.to_dict) carries everything: architecture, head, weights,
+optimizer, learning rate, batch size and epochs. EarlyStopping (patience 3) and
+ReduceLROnPlateau (patience 1) watch the validation loss, as in the COVID-19 study.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ import tensorflow as tf
 
 from medkfp import vocab
 from medkfp.components.balance.logic import read_repeats
+from medkfp.components.train.checkpoints import StoreCheckpoint
+from medkfp.components.train.devices import setup_devices
 from medkfp.components.train.models import build_model
 from medkfp.imaging import export_serving_model
-from medkfp.store import open_store
+from medkfp.store import open_store, open_uri
 
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -20,6 +28,16 @@ FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.string),
 }
 SHUFFLE_BUFFER = 4096
+MONITOR = "val_loss"
+EARLY_STOPPING_PATIENCE = 3
+REDUCE_LR_PATIENCE = 1
+REDUCE_LR_FACTOR = 0.5
+MIN_LEARNING_RATE = 1e-6
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamax": keras.optimizers.Adamax,
+    "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+}
 
 
 def parse_example(record):
@@ -57,80 +75,183 @@ def repeat_by_id(ds: tf.data.Dataset, repeats: dict[str, int]) -> tf.data.Datase
 
 def train_dataset(paths, repeats, image_size, batch_size, seed) -> tf.data.Dataset:
     ds = tf.data.TFRecordDataset(paths).map(parse_example)
-    ds = repeat_by_id(ds, repeats).shuffle(SHUFFLE_BUFFER, seed=seed)
+    ds = repeat_by_id(ds, repeats).apply(tf.data.experimental.assert_cardinality(sum(repeats.values())))
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed)
     ds = ds.map(lambda ex: decode(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     flip = keras.layers.RandomFlip("horizontal", seed=seed)
     ds = ds.batch(batch_size).map(lambda x, y: (flip(x, training=True), y))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(paths, image_size, batch_size) -> tf.data.Dataset:
+def eval_dataset(paths, image_size, batch_size, count: int) -> tf.data.Dataset:
+    """The `count` examples of a split in order, batched (a known size spares Keras a guess)."""
     ds = tf.data.TFRecordDataset(paths).map(parse_example)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     ds = ds.map(lambda ex: decode(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def visible_devices() -> list[str]:
-    return [d.name for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")]
+def resolve_weights(weights: str, architecture: str, local_dir: Path) -> str | None:
+    """Backbone weights for Keras: None, "imagenet", or a local copy of a weights file.
+
+    `weights` is "none", "imagenet", an s3:// URI or a local path; "{architecture}" in it
+    is replaced by the architecture name. Raises StoreError or FileNotFoundError when the
+    file is missing.
+    """
+    if weights in ("none", ""):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    uri = weights.replace("{architecture}", architecture)
+    if not uri.startswith("s3://"):
+        if not Path(uri).is_file():
+            raise FileNotFoundError(
+                f"weights file {uri} not found: give imagenet, none, or the s3:// URI or path "
+                "of a .weights.h5 / .h5 file"
+            )
+        return uri
+    store, key = open_uri(uri)
+    path = local_dir / key.rsplit("/", 1)[-1]
+    store.get_file(key, path)
+    return str(path)
+
+
+def class_weights_by_index(balanced_summary: dict, class_names: list[str]) -> dict[int, float] | None:
+    """The balance step's {class name: weight} as Keras wants it, {class index: weight}."""
+    weights = balanced_summary.get("class_weights")
+    if not weights:
+        return None
+    return {class_names.index(name): float(w) for name, w in weights.items()}
+
+
+def compile_model(spec: vocab.Candidate, n_classes: int, image_size: int, weights, xla: bool):
+    """Build and compile the candidate's model (call inside the strategy's scope)."""
+    model = build_model(
+        spec.architecture, n_classes, image_size, weights=weights,
+        freeze_backbone=spec.freeze_backbone, dense_units=spec.dense_units,
+    )
+    if spec.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {spec.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    model.compile(
+        optimizer=OPTIMIZERS[spec.optimizer](learning_rate=spec.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=xla,
+    )
+    # Built here, inside the strategy's scope, so a checkpoint can be loaded into its slots.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def schedule_callbacks() -> tuple[keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau]:
+    return (
+        keras.callbacks.EarlyStopping(
+            monitor=MONITOR, patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=MONITOR, patience=REDUCE_LR_PATIENCE, factor=REDUCE_LR_FACTOR,
+            min_lr=MIN_LEARNING_RATE,
+        ),
+    )
+
+
+def check_candidate(spec: vocab.Candidate, image_size: int) -> None:
+    if spec.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {spec.epochs}")
+    if spec.image_size not in (None, image_size):
+        raise ValueError(
+            f"candidate {spec.name} wants {spec.image_size} px images but the run's shards are "
+            f"{image_size} px: run with --image-size {spec.image_size} or drop image_size from the grid"
+        )
+
+
+def fit_resuming(model, spec, checkpoint: StoreCheckpoint, train_ds, val_ds, class_weight, callbacks) -> int:
+    """Fit from the last stored checkpoint (or from scratch); returns the epoch resumed from."""
+    resumed_from = checkpoint.restore(model)
+    if resumed_from:
+        print(f"resuming {spec.name} from its checkpoint after epoch {resumed_from}", flush=True)
+    if checkpoint.finished(spec.epochs):  # killed after training, before the export
+        best = checkpoint.best_weights()
+        if best:
+            model.set_weights(best)
+        return resumed_from
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=spec.epochs,
+        initial_epoch=resumed_from,
+        class_weight=class_weight,
+        shuffle=False,  # the dataset shuffles itself, seeded
+        callbacks=[checkpoint.early_stopping, checkpoint.reduce_lr, checkpoint, *callbacks],
+        verbose=2,
+    )
+    return resumed_from
 
 
 def train(
     dataset_summary: dict,
     balanced_summary: dict,
     candidate: dict,
-    epochs: int = 10,
     seed: int = 0,
-    patience: int = 3,
+    callbacks: list | tuple = (),
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
-    """Fit `candidate` on the balanced train split, early-stopping on val loss.
+    """Fit `candidate` on the balanced train split, resuming from its last stored checkpoint.
 
-    Uploads the exported SavedModel to runs/<run>/candidates/<name>/saved_model/ and
-    returns the trained-model summary (model key and URI, history, devices used).
+    Args:
+      callbacks: extra Keras callbacks, run after the checkpoint callback.
+      strategy: a tf.distribute strategy instead of the automatic choice (GPUs or CPU).
+    Returns the trained-model summary: model key and URI, full history (across resumes),
+    epoch resumed from, devices used. Raises ValueError for a bad candidate, StoreError
+    when the store or a weights file cannot be read.
     """
-    if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}")
     spec = vocab.Candidate.from_dict(candidate)
-    store = open_store(dataset_summary["store"])
     image_size = dataset_summary["image_size"]
+    check_candidate(spec, image_size)
+    store = open_store(dataset_summary["store"])
     class_names = dataset_summary["class_names"]
     repeats_table = read_repeats(store.uri, balanced_summary)
     repeats = dict(zip(repeats_table["id"], repeats_table["repeat"].astype(int)))
+    class_weight = class_weights_by_index(balanced_summary, class_names)
+    devices = setup_devices(strategy)
     keras.utils.set_random_seed(seed)
+    run_id = dataset_summary["run_id"]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         splits = dataset_summary["splits"]
         train_paths = download_shards(store, splits["train"]["shards"], tmp)
         val_paths = download_shards(store, splits["val"]["shards"], tmp)
-        model = build_model(spec.architecture, len(class_names), image_size)
-        model.compile(
-            optimizer=keras.optimizers.Adam(spec.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
+        weights = resolve_weights(spec.weights, spec.architecture, tmp)
+        with devices.strategy.scope():
+            model = compile_model(spec, len(class_names), image_size, weights, devices.plan.xla)
+        checkpoint = StoreCheckpoint(
+            store, vocab.candidate_key(run_id, spec.name, "checkpoints"), *schedule_callbacks()
         )
-        history = model.fit(
+        resumed_from = fit_resuming(
+            model, spec, checkpoint,
             train_dataset(train_paths, repeats, image_size, spec.batch_size, seed),
-            validation_data=eval_dataset(val_paths, image_size, spec.batch_size),
-            epochs=epochs,
-            callbacks=[
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=patience, restore_best_weights=True
-                )
-            ],
-            verbose=2,
+            eval_dataset(val_paths, image_size, spec.batch_size, splits["val"]["count"]),
+            class_weight, callbacks,
         )
         export_dir = export_serving_model(model, class_names, image_size, tmp / "saved_model")
-        model_key = vocab.candidate_key(dataset_summary["run_id"], spec.name, "saved_model")
+        model_key = vocab.candidate_key(run_id, spec.name, "saved_model")
         store.upload_dir(export_dir, model_key)
+        checkpoint.clear()
 
+    history = checkpoint.history
+    accelerator = devices.describe()
     return {
         "candidate": spec.to_dict(),
         "model_key": model_key,
         "model_uri": store.uri_for(model_key),
         "class_names": class_names,
         "image_size": image_size,
-        "epochs_run": len(history.history["loss"]),
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "epochs_run": len(history.get("loss", [])),
+        "resumed_from_epoch": resumed_from,
+        "history": history,
+        "class_weight": {class_names[i]: w for i, w in class_weight.items()} if class_weight else None,
         "train_examples": int(sum(repeats.values())),
-        "devices": visible_devices(),
+        "devices": accelerator["devices"],
+        "accelerator": accelerator,
     }

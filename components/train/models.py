@@ -1,44 +1,100 @@
-"""Architectures: each takes float32 images in 0..255 and applies its own preprocessing inside."""
+"""Architectures: float32 images in 0..255 in, softmax out, the backbone's own preprocessing inside.
+
+Keeping `preprocess_input` inside the model means the exported serving signature needs no
+knowledge of the backbone: it decodes and resizes, the model does the rest.
+"""
 
 from __future__ import annotations
 
 import keras
 
+from medkfp import vocab
 
-def simple_cnn(n_classes: int, image_size: int) -> keras.Model:
-    """A small CNN for CPU tests and demos."""
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+BACKBONES = {
+    "mobilenetv2": keras.applications.MobileNetV2,
+    "resnet50": keras.applications.ResNet50,
+    "resnet101": keras.applications.ResNet101,
+}
+# Each backbone's own preprocess_input (ResNet: "caffe" mode, RGB->BGR minus the ImageNet
+# mean; MobileNetV2: scale to -1..1); the small CNN scales to 0..1.
+PREPROCESS = {
+    "simple-cnn": lambda images: images / 255.0,
+    "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
+    "resnet50": keras.applications.resnet.preprocess_input,
+    "resnet101": keras.applications.resnet.preprocess_input,
+}
+DROPOUT = {"simple-cnn": 0.2}
+HEAD_DROPOUT = 0.3
+
+
+@keras.saving.register_keras_serializable(package="medkfp")
+class BackbonePreprocess(keras.layers.Layer):
+    """The architecture's preprocess_input as a serializable layer (computed in float32)."""
+
+    def __init__(self, architecture: str, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if architecture not in PREPROCESS:
+            raise ValueError(f"unknown architecture {architecture!r}: use one of {', '.join(PREPROCESS)}")
+        self.architecture = architecture
+
+    def call(self, images):
+        return PREPROCESS[self.architecture](images)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "architecture": self.architecture}
+
+
+def simple_cnn_features(x):
+    """Three conv blocks and global max pooling: small enough for CPU tests and demos."""
     for filters in (16, 32, 64):
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalMaxPooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="simple_cnn")
+    return keras.layers.GlobalMaxPooling2D()(x)
 
 
-def mobilenetv2(n_classes: int, image_size: int, weights: str | None = None) -> keras.Model:
-    """Keras MobileNetV2 backbone with its preprocessing (scale to -1..1) and a dense head."""
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)  # mobilenet_v2.preprocess_input
-    backbone = keras.applications.MobileNetV2(
+def backbone_features(x, architecture: str, image_size: int, weights, freeze: bool):
+    """A Keras application without its top, average-pooled; frozen ones run BatchNorm in
+    inference mode, as Keras's transfer-learning guide does."""
+    backbone = BACKBONES[architecture](
         input_shape=(image_size, image_size, 3), include_top=False, weights=weights, pooling="avg"
     )
-    x = backbone(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="mobilenetv2")
+    backbone.trainable = not freeze
+    return backbone(x, training=False) if freeze else backbone(x)
 
 
-BUILDERS = {"simple-cnn": simple_cnn, "mobilenetv2": mobilenetv2}
+def build_model(
+    architecture: str,
+    n_classes: int,
+    image_size: int,
+    weights: str | None = None,
+    freeze_backbone: bool = False,
+    dense_units: int | None = None,
+) -> keras.Model:
+    """Build an untrained classifier.
 
-
-def build_model(architecture: str, n_classes: int, image_size: int) -> keras.Model:
-    """Build an untrained model. Raises ValueError for an unknown architecture."""
-    if architecture not in BUILDERS:
-        raise ValueError(
-            f"unknown architecture {architecture!r}: use one of {', '.join(BUILDERS)}"
-        )
-    return BUILDERS[architecture](n_classes, image_size)
+    Args:
+      weights: None, "imagenet" (Keras's download) or a local weights file for the backbone
+        (a `.weights.h5` saved from the same application, or Keras's own `*_notop.h5`).
+      freeze_backbone: train the head only; by default every layer trains.
+      dense_units: units of the head's hidden dense layer (0: none; None: the default).
+    Raises ValueError for an unknown architecture or weights the architecture cannot take.
+    """
+    if architecture not in PREPROCESS:
+        raise ValueError(f"unknown architecture {architecture!r}: use one of {', '.join(PREPROCESS)}")
+    if dense_units is None:
+        dense_units = vocab.DEFAULT_DENSE_UNITS[architecture]
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = BackbonePreprocess(architecture, name="preprocess")(inputs)
+    if architecture == "simple-cnn":
+        if weights is not None:
+            raise ValueError("simple-cnn has no pretrained weights: use weights none")
+        x = simple_cnn_features(x)
+    else:
+        x = backbone_features(x, architecture, image_size, weights, freeze_backbone)
+    if dense_units:
+        x = keras.layers.Dense(dense_units, activation="relu", name="head")(x)
+    x = keras.layers.Dropout(DROPOUT.get(architecture, HEAD_DROPOUT))(x)
+    # float32 softmax: stable under the mixed-precision policy used on GPUs
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=architecture.replace("-", "_"))

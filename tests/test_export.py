@@ -1,0 +1,124 @@
+"""The exported SavedModel: both signatures' names, dtypes and shapes, and the image checks
+serving_default runs in the graph before decoding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from serving_helpers import CLASSES, SIZE, encoded, export_model, png, png_bomb
+
+from medkfp import vocab
+from medkfp.imaging import decode_and_resize, image_dimensions, load_signature
+from medkfp.model_repository import read_signature_defs
+
+DT_STRING = tf.string.as_datatype_enum
+DT_FLOAT = tf.float32.as_datatype_enum
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return export_model(tmp_path_factory.mktemp("export") / "m")
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported))
+
+
+def dims(info) -> list[int]:
+    return [d.size for d in info.tensor_shape.dim]
+
+
+def assert_outputs(signature_def) -> None:
+    outputs = signature_def.outputs
+    assert set(outputs) == {vocab.OUTPUT_PROBABILITIES, vocab.OUTPUT_CLASSES}
+    assert outputs[vocab.OUTPUT_PROBABILITIES].dtype == DT_FLOAT
+    assert dims(outputs[vocab.OUTPUT_PROBABILITIES]) == [-1, len(CLASSES)]
+    assert outputs[vocab.OUTPUT_CLASSES].dtype == DT_STRING
+    assert dims(outputs[vocab.OUTPUT_CLASSES]) == [-1]
+
+
+def test_signature_defs_as_tf_serving_reads_them(exported):
+    signatures = read_signature_defs(exported)
+
+    assert {vocab.SIGNATURE, vocab.FLOAT_SIGNATURE} <= set(signatures)
+    default = signatures[vocab.SIGNATURE]
+    assert list(default.inputs) == [vocab.INPUT_KEY]
+    assert default.inputs[vocab.INPUT_KEY].dtype == DT_STRING
+    assert dims(default.inputs[vocab.INPUT_KEY]) == [-1]
+    assert_outputs(default)
+    floats = signatures[vocab.FLOAT_SIGNATURE]
+    assert list(floats.inputs) == [vocab.FLOAT_INPUT_KEY]
+    assert floats.inputs[vocab.FLOAT_INPUT_KEY].dtype == DT_FLOAT
+    assert dims(floats.inputs[vocab.FLOAT_INPUT_KEY]) == [-1, SIZE, SIZE, 3]
+    assert_outputs(floats)
+
+
+def test_loaded_signatures_specs(loaded):
+    default = loaded.signatures[vocab.SIGNATURE].structured_input_signature[1]
+    floats = loaded.signatures[vocab.FLOAT_SIGNATURE].structured_input_signature[1]
+
+    assert default == {vocab.INPUT_KEY: tf.TensorSpec([None], tf.string, name=vocab.INPUT_KEY)}
+    assert floats == {
+        vocab.FLOAT_INPUT_KEY: tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name=vocab.FLOAT_INPUT_KEY)
+    }
+
+
+def test_both_signatures_agree_on_every_accepted_format(loaded):
+    images = [png("L", 30, 20, 0), png("RGB", 16, 16, 1), encoded("JPEG"), encoded("BMP")]
+
+    from_bytes = loaded.signatures[vocab.SIGNATURE](image_bytes=tf.constant(images))
+    pixels = tf.stack([decode_and_resize(tf.constant(b), SIZE) for b in images])
+    from_floats = loaded.signatures[vocab.FLOAT_SIGNATURE](images=tf.cast(pixels, tf.float32))
+
+    np.testing.assert_allclose(
+        from_bytes[vocab.OUTPUT_PROBABILITIES].numpy(),
+        from_floats[vocab.OUTPUT_PROBABILITIES].numpy(),
+        rtol=1e-5,
+    )
+    classes = [from_bytes[vocab.OUTPUT_CLASSES], from_floats[vocab.OUTPUT_CLASSES]]
+    assert classes[0].numpy().tolist() == classes[1].numpy().tolist()
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (png_bomb(10_000, 10_000), "the image is 10000x10000 pixels, above the limit of 25000000 pixels"),
+        (encoded("GIF"), "the image is not PNG, JPEG or BMP"),
+        (b"not an image", "the image is not PNG, JPEG or BMP"),
+        (b"", "the image is not PNG, JPEG or BMP"),
+    ],
+    ids=["png-bomb", "gif", "junk", "empty"],
+)
+def test_serving_default_refuses_before_decoding(loaded, image, message):
+    signature = loaded.signatures[vocab.SIGNATURE]
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        signature(image_bytes=tf.constant([png("L", 8, 8, 0), image]))
+
+
+def test_load_signature_names_the_missing_one(exported):
+    with pytest.raises(ValueError, match="has no signature 'nope'"):
+        load_signature(exported, "nope")
+
+
+def jpeg(width: int, height: int, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def test_image_dimensions_from_headers():
+    assert image_dimensions(png("L", 30, 20, 0)) == (30, 20)
+    assert image_dimensions(jpeg(31, 21)) == (31, 21)
+    assert image_dimensions(jpeg(33, 23, progressive=True)) == (33, 23)
+    assert image_dimensions(encoded("BMP", 24, 20)) == (24, 20)
+    assert image_dimensions(encoded("GIF", 24, 20)) == (24, 20)
+    assert image_dimensions(png_bomb(70_000, 3)) == (70_000, 3)
+    assert image_dimensions(b"not an image") is None
+    assert image_dimensions(png("L", 30, 20, 0)[:20]) is None
+    assert image_dimensions(jpeg(31, 21)[:10]) is None

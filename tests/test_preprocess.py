@@ -1,0 +1,162 @@
+"""Preprocess: the stratified and grouped split (Table II totals, MIAS pairs, duplicates) and
+bounded, checksummed TFRecord shards in the store."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from sklearn.model_selection import train_test_split
+
+from medkfp import vocab
+from medkfp.components.ingest.logic import ingest
+from medkfp.components.preprocess.logic import preprocess, read_examples, records_per_shard
+from medkfp.components.preprocess.split import groups_across_splits, split_examples
+from medkfp.components.train.logic import parse_example
+from medkfp.store import open_store
+from medkfp.synth import synth_covid, synth_mias
+
+RUN = "test-run"
+STUDY_COUNTS = dict(zip(vocab.COVID_CLASSES, (3616, 6012, 10192, 1345)))
+
+
+def study_labels() -> pd.Series:
+    return pd.Series([c for c, n in STUDY_COUNTS.items() for _ in range(n)])
+
+
+def assert_no_group_across_splits(groups: pd.Series, split: pd.Series) -> None:
+    spans = split.groupby(groups.to_numpy()).nunique()
+    assert (spans == 1).all(), spans[spans > 1]
+    assert groups_across_splits(groups, split) == 0
+
+
+# --- split ------------------------------------------------------------------------------------
+
+
+def test_split_reproduces_the_covid_study_totals():
+    labels = study_labels()
+    split = split_examples(labels, 0.2, 0.2, seed=0)
+    assert split.value_counts().to_dict() == {"train": 13545, "val": 3387, "test": 4233}
+    # stratified: every class keeps its share in every split (to within one image)
+    table = pd.crosstab(labels, split)
+    for name, n in STUDY_COUNTS.items():
+        assert abs(table.loc[name, "test"] - 0.2 * n) <= 1
+
+
+def test_split_refuses_a_class_too_small_to_split():
+    with pytest.raises(ValueError, match="needs at least 3 per class"):
+        split_examples(pd.Series(["a"] * 10 + ["b"] * 2), 0.2, 0.2, 0)
+    with pytest.raises(ValueError, match="--test-fraction must be between 0 and 1"):
+        split_examples(pd.Series(["a"] * 10), 1.0, 0.2, 0)
+
+
+def test_without_groups_of_two_the_split_is_sklearns_stratified_split():
+    labels = study_labels()
+    singletons = pd.Series([f"id{i}" for i in range(len(labels))])
+    split = split_examples(labels, 0.2, 0.2, 7, groups=singletons)
+    rest, test = train_test_split(labels.index.to_numpy(), test_size=0.2, stratify=labels, random_state=7)
+    _, val = train_test_split(rest, test_size=0.2, stratify=labels.loc[rest], random_state=7)
+    assert set(split[split == "test"].index) == set(test)
+    assert set(split[split == "val"].index) == set(val)
+    assert split.equals(split_examples(labels, 0.2, 0.2, 7))
+
+
+def test_duplicate_groups_stay_together_and_table_ii_totals_still_hold():
+    labels = study_labels()
+    groups = pd.Series([f"id{i}" for i in range(len(labels))])
+    for first, second in ((5, 100), (3700, 9000), (20000, 20500), (12, 13)):
+        groups.iloc[second] = groups.iloc[first]  # identical files, even across classes
+    split = split_examples(labels, 0.2, 0.2, 0, groups=groups)
+    assert split.value_counts().to_dict() == {"train": 13545, "val": 3387, "test": 4233}
+    assert_no_group_across_splits(groups, split)
+
+
+@pytest.mark.parametrize("test_fraction", [0.1, 0.2, 0.3, 0.25])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mias_pairs_never_span_two_splits(test_fraction, seed):
+    """The MIAS study's splits (90/10, 80/20, 70/30, 75/25) with left/right pairs as groups."""
+    rng = np.random.default_rng(seed)
+    counts = {"ARCH": 19, "ASYM": 15, "CALC": 25, "CIRC": 23, "MISC": 14, "NORM": 207, "SPIC": 19}
+    labels = pd.Series(rng.permutation([c for c, n in counts.items() for _ in range(n)]))
+    pairs = pd.Series([f"mias-pair-{i // 2 + 1:03d}" for i in range(len(labels))])
+    split = split_examples(labels, test_fraction, 0.1, seed, groups=pairs)
+    assert_no_group_across_splits(pairs, split)
+    table = pd.crosstab(labels, split)
+    assert (table > 0).all().all(), table  # every class in every split
+    assert abs((split == "test").sum() - test_fraction * len(labels)) <= 4
+    for name, n in counts.items():  # stratified to within a pair or two
+        assert abs(table.loc[name, "test"] - test_fraction * n) <= 2.5, table
+
+
+def test_grouped_split_refuses_a_class_in_too_few_groups():
+    labels = pd.Series(["a"] * 20 + ["b"] * 4)
+    groups = pd.Series([f"g{i}" for i in range(20)] + ["x", "x", "y", "y"])
+    with pytest.raises(ValueError, match="class 'b' has images in 2 group.*needs at least 3"):
+        split_examples(labels, 0.2, 0.2, 0, groups=groups)
+
+
+# --- shards --------------------------------------------------------------------------------------
+
+
+def read_records(store, keys: list[str], tmp_path) -> list[dict]:
+    records = []
+    for key in keys:
+        path = tmp_path / key.rsplit("/", 1)[-1]
+        store.get_file(key, path)
+        records += [{k: v.numpy() for k, v in parse_example(r).items()}
+                    for r in tf.data.TFRecordDataset(str(path))]
+    return records
+
+
+def test_preprocess_writes_resized_shards_per_split(s3_env, tmp_path):
+    synth_covid(tmp_path / "covid", per_class=6, size=48, seed=3)
+    store = open_store("s3://medkfp-test")
+    summary = preprocess(ingest(vocab.COVID, str(tmp_path / "covid"), store.uri, RUN), image_size=32)
+    splits = summary["splits"]
+    assert sum(s["count"] for s in splits.values()) == 24
+    assert {s: splits[s]["count"] for s in vocab.SPLITS} == {"train": 15, "val": 4, "test": 5}
+    records = []
+    for split in vocab.SPLITS:
+        assert all(k.startswith(f"runs/{RUN}/shards/{split}-") for k in splits[split]["shards"])
+        records += read_records(store, splits[split]["shards"], tmp_path)
+    assert len(records) == 24
+    assert tf.io.decode_png(records[0]["image"]).shape == (32, 32, 3)
+    assert store.get_json(summary["shards_key"])["splits"] == splits
+
+
+def test_shards_are_bounded_counted_and_checksummed(shapes_folder, local_store, tmp_path):
+    image_size = 16
+    max_bytes = 5 * (image_size * image_size * 3 + 1024)  # a handful of records per shard
+    summary = preprocess(ingest(vocab.IMAGEFOLDER, str(shapes_folder), local_store.uri, RUN),
+                         image_size, shard_max_bytes=max_bytes)
+    per_shard = records_per_shard(image_size, vocab.SHARD_MAX_RECORDS, max_bytes)
+    assert 1 < per_shard <= 6
+    train = summary["splits"]["train"]
+    assert len(train["shards"]) == -(-train["count"] // per_shard) > 1
+    class_totals: dict[str, int] = {}
+    for shard in train["shard_files"]:
+        data = local_store.get_bytes(shard["key"])
+        assert len(data) == shard["bytes"] <= max_bytes
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+        assert shard["uri"] == local_store.uri_for(shard["key"])
+        records = read_records(local_store, [shard["key"]], tmp_path)
+        assert len(records) == shard["count"]
+        for name, n in shard["class_counts"].items():
+            class_totals[name] = class_totals.get(name, 0) + n
+    assert class_totals == {c: n for c, n in train["class_counts"].items() if n}
+    # shuffled before sharding: the first shard is not one class
+    first = read_records(local_store, train["shards"][:2], tmp_path)
+    assert len({int(r["label"]) for r in first}) > 1
+
+
+def test_mias_preprocess_keeps_pairs_together(tmp_path, local_store):
+    synth_mias(tmp_path / "mias", per_class=8, size=32)
+    ingested = ingest(vocab.MIAS, str(tmp_path / "mias"), local_store.uri, RUN)
+    summary = preprocess(ingested, 16, test_fraction=0.25, val_fraction=0.2)
+    assert summary["leakage"] == {"groups_across_splits": 0, "groups": 28}
+    examples = read_examples(summary)
+    assert_no_group_across_splits(examples["group"], examples["split"])
+    assert set(examples["group"]) == {f"mias-pair-{i:03d}" for i in range(1, 29)}
