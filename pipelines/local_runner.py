@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -126,6 +127,7 @@ def run_local(
     log = StepLog(root / "run.log", echo)
     log.echo.write(f"kfp.local run; step logs in {log.file.name}\n")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    original_print = builtins.print
     try:
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
             # Steps run in this environment rather than their image, and platform settings
@@ -140,4 +142,6 @@ def run_local(
     finally:
         log.close()
         drop_handlers_writing_to(log)
+        # kfp.local indents print() while tasks run; parallel tasks can leave it patched.
+        builtins.print = original_print
     return json.loads(task.output)

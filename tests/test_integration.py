@@ -4,6 +4,7 @@ tensorflow-serving-api stubs."""
 
 from __future__ import annotations
 
+import builtins
 import json
 
 import grpc
@@ -175,9 +176,11 @@ def test_imagefolder_run_on_a_local_store(tmp_path):
     (folder / "plain" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     store = tmp_path / "store"
     summary_path = tmp_path / "summary.json"
+    original_print = builtins.print
     run_cli("run", "--dataset", vocab.IMAGEFOLDER, "--source", str(folder), "--image-size", "32",
             "--epochs", "12", "--store", str(store), "--summary", str(summary_path),
             "--pipeline-root", str(tmp_path / "kfp"))
+    assert builtins.print is original_print  # kfp.local's indenting print() does not leak
     summary = json.loads(summary_path.read_text())
     check_summary(summary, vocab.IMAGEFOLDER, ["circles", "plain", "stripes"])
     assert summary["counts"]["rejected"] == 1
