@@ -297,6 +297,33 @@ SOURCE_HELP = "the raw images: a folder, a .zip/.tar(.gz) download, or s3://buck
 MAX_REJECTED_HELP = "stop when more than this fraction of the files found is rejected (0-1)"
 
 
+def add_run_parameters(s: argparse.ArgumentParser) -> None:
+    """The pipeline's run parameters, shared by `run`, `submit` and `schedule create`."""
+    s.add_argument("--dataset", required=True, choices=vocab.DATASETS)
+    s.add_argument("--source", required=True, help=SOURCE_HELP)
+    s.add_argument("--max-rejected-fraction", type=float, default=vocab.DEFAULT_MAX_REJECTED_FRACTION,
+                   help=MAX_REJECTED_HELP)
+    s.add_argument("--name", help="served model name (default: dataset or folder name)")
+    s.add_argument("--label", default="class", choices=["class", "severity"])
+    s.add_argument("--grid", default=configs.DEFAULT_GRID, help="quick | paper | a JSON/YAML grid file")
+    s.add_argument("--epochs", type=int, default=configs.DEFAULT_EPOCHS,
+                   help="epochs of every candidate (default: each candidate's own)")
+    s.add_argument("--image-size", type=int, default=configs.DEFAULT_IMAGE_SIZE,
+                   help="training size in px (default: the grid's, paper 224/256, else 64)")
+    s.add_argument("--weights", help="backbone weights for every candidate: imagenet | none | URI of "
+                   "a .weights.h5/.h5 file ({architecture} is replaced); default: the grid's")
+    s.add_argument("--freeze-backbone", action="store_true",
+                   help="train the dense head only (default: every layer trains)")
+    s.add_argument("--selection-metric", default=configs.DEFAULT_SELECTION_METRIC,
+                   choices=vocab.SELECTION_METRICS, help="pick the best candidate by this metric")
+    s.add_argument("--min-recall", action="append", metavar="CLASS=X",
+                   help="push only if CLASS's test recall is at least X (repeatable)")
+    s.add_argument("--test-fraction", type=float, default=configs.DEFAULT_TEST_FRACTION)
+    s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
+    s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
+    s.add_argument("--min-delta", type=float, default=configs.DEFAULT_MIN_DELTA)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medkfp", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -324,31 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local)")
-    s.add_argument("--dataset", required=True, choices=vocab.DATASETS)
-    s.add_argument("--source", required=True, help=SOURCE_HELP)
-    s.add_argument("--max-rejected-fraction", type=float, default=vocab.DEFAULT_MAX_REJECTED_FRACTION,
-                   help=MAX_REJECTED_HELP)
-    s.add_argument("--name", help="served model name (default: dataset or folder name)")
-    s.add_argument("--label", default="class", choices=["class", "severity"])
-    s.add_argument("--grid", default=configs.DEFAULT_GRID, help="quick | paper | a JSON/YAML grid file")
-    s.add_argument("--epochs", type=int, default=configs.DEFAULT_EPOCHS,
-                   help="epochs of every candidate (default: each candidate's own)")
-    s.add_argument("--image-size", type=int, default=configs.DEFAULT_IMAGE_SIZE,
-                   help="training size in px (default: the grid's, paper 224/256, else 64)")
-    s.add_argument("--weights", help="backbone weights for every candidate: imagenet | none | URI of "
-                   "a .weights.h5/.h5 file ({architecture} is replaced); default: the grid's")
-    s.add_argument("--freeze-backbone", action="store_true",
-                   help="train the dense head only (default: every layer trains)")
-    s.add_argument("--selection-metric", default=configs.DEFAULT_SELECTION_METRIC,
-                   choices=vocab.SELECTION_METRICS, help="pick the best candidate by this metric")
-    s.add_argument("--min-recall", action="append", metavar="CLASS=X",
-                   help="push only if CLASS's test recall is at least X (repeatable)")
-    s.add_argument("--test-fraction", type=float, default=configs.DEFAULT_TEST_FRACTION)
-    s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
-    s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
+    add_run_parameters(s)
     s.add_argument("--store", help="store URI (default: $MEDKFP_STORE, s3://medkfp or .medkfp/store)")
     s.add_argument("--summary", help="write the run summary JSON here")
-    s.add_argument("--min-delta", type=float, default=configs.DEFAULT_MIN_DELTA)
     s.add_argument("--pipeline-root", help="where kfp.local keeps task outputs and run.log")
     s.set_defaults(func=cmd_run)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from medkfp import __version__
+
 # --- datasets -----------------------------------------------------------------
 
 COVID = "covid19-radiography"
@@ -56,7 +58,7 @@ DEFAULT_IMAGE_SIZE = 64
 # How Candidate.from_dict casts grid values (other fields are strings).
 _FIELD_TYPES = {
     "batch_size": int, "learning_rate": float, "epochs": int, "image_size": int,
-    "freeze_backbone": bool, "dense_units": int,
+    "freeze_backbone": bool, "dense_units": int, "min_steps": int, "warmup_steps": int,
 }
 
 
@@ -78,6 +80,11 @@ class Candidate:
     weights: str = "none"
     freeze_backbone: bool = False
     dense_units: int | None = None
+    # Step-based budget: at least this many optimizer steps over all epochs, so a small
+    # (undersampled) split is not starved by a fixed epoch count; 0: epochs alone decide.
+    min_steps: int = 0
+    # Linear learning-rate warm-up over the first steps; 0: none (the studies' settings).
+    warmup_steps: int = 0
 
     def __post_init__(self):
         if self.dense_units is None:
@@ -115,7 +122,9 @@ _COVID_PAPER = dict(learning_rate=1e-3, optimizer="adamax", epochs=20, image_siz
 # Study 2: ResNet101, Adam 1e-4, 10 epochs, batch 32, 256 px; plus the balanced variants
 # its lesson calls for (oversampling, class weights) and a lighter MobileNetV2.
 _MIAS_PAPER = dict(batch_size=32, learning_rate=1e-4, optimizer="adam", epochs=10, image_size=256)
-PAPER_GRIDS: dict[str, tuple[Candidate, ...]] = {
+PAPER_QUICK_MIN_STEPS = 300
+QUICK_WARMUP_STEPS = 30
+GRIDS: dict[str, tuple[Candidate, ...]] = {
     COVID: (
         _paper("resnet50", "none", batch_size=32, dense_units=256, **_COVID_PAPER),
         _paper("mobilenetv2", "undersample", batch_size=8, dense_units=64, **_COVID_PAPER),
@@ -134,10 +143,15 @@ PAPER_GRIDS: dict[str, tuple[Candidate, ...]] = {
 }
 PAPER_GRID = "paper"
 
+QUICK_MIN_STEPS = 300
+QUICK_WARMUP_STEPS = 30
 GRIDS: dict[str, tuple[Candidate, ...]] = {
-    # CPU-sized: the small CNN learns the synthetic sets in ~15 epochs at 48-64 px.
+    # CPU-sized: the batch-normalised small CNN at 48-64 px. Every candidate gets at least
+    # QUICK_MIN_STEPS optimizer steps whatever its split's size (an undersampled split of 40
+    # images per class is only ~7 batches an epoch) and warms up its learning rate.
     "quick": tuple(
-        Candidate("simple-cnn", b, batch_size=16, learning_rate=3e-3)
+        Candidate("simple-cnn", b, batch_size=16, learning_rate=3e-3, min_steps=QUICK_MIN_STEPS,
+                  warmup_steps=QUICK_WARMUP_STEPS)
         for b in ("none", "undersample", "oversample")
     ),
 }
@@ -158,6 +172,9 @@ DEFAULT_GRPC_PORT = 8500
 # The second exported signature: already-decoded images, float32 [None, size, size, 3] in 0..255.
 FLOAT_SIGNATURE = "serving_float"
 FLOAT_INPUT_KEY = "images"
+# The model layer whose output is the pre-softmax logits: the export divides them by the
+# temperature fitted on the validation split, so served probabilities are calibrated.
+LOGITS_LAYER = "logits"
 # Largest image (width x height) the serving signature and the server decode: 25 MP covers
 # full-field mammograms (~14-21 MP); checked from the file header, before decoding.
 MAX_IMAGE_PIXELS = 25_000_000
@@ -212,8 +229,13 @@ def dataset_classes(dataset: str) -> tuple[str, ...] | None:
 
 
 # --- containers -----------------------------------------------------------------------
-# The image every step runs in; kustomize and `medkfp compile --image` rewrite it.
-COMPONENT_IMAGE = "medkfp/medkfp:0.1.0"
+# The image every step runs in, tagged with the package version; its GPU variant runs train.
+# kustomize `images:` and `medkfp compile --image/--gpu-image` rewrite them.
+IMAGE_REPOSITORY = "medkfp/medkfp"
+COMPONENT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
+GPU_COMPONENT_IMAGE = f"{COMPONENT_IMAGE}-gpu"
+# Where `make container-engine` puts the Docker API of Podman on machines without Docker.
+PODMAN_SOCKET = "/run/podman/podman.sock"
 
 
 def default_model_name(dataset: str, source: str, label: str = "class") -> str:

@@ -19,9 +19,11 @@ from medkfp.components.grid.logic import expand_grid, grid_json
 from medkfp.components.ingest.layouts import scan_source
 from medkfp.components.push.logic import check_min_recall, check_selection_metric
 from medkfp.pipelines import configs as c
-from medkfp.pipelines.pipeline import medkfp_pipeline
+from medkfp.pipelines.pipeline import Images, build_pipeline, medkfp_pipeline
 from medkfp.store import open_store
 
+SUBPROCESS, DOCKER = "subprocess", "docker"
+RUNNERS = (SUBPROCESS, DOCKER)
 ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
 
@@ -65,6 +67,20 @@ def drop_handlers_writing_to(stream) -> None:
             root.removeHandler(handler)
 
 
+def _pipeline_and_runner(runner: str, image: str | None, root: Path, source: str):
+    """The pipeline, kfp.local runner and context for `runner`; checks the engine and image."""
+    if runner == SUBPROCESS:
+        return medkfp_pipeline, local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
+    from medkfp import containers
+
+    image = image or vocab.COMPONENT_IMAGE
+    containers.require_image(containers.docker_client(), image)
+    # No GPU here: the train step runs the same (CPU) image as the others.
+    pipeline = build_pipeline(images=Images(cpu=image, gpu=image))
+    sources = [] if source.startswith("s3://") else [Path(source)]
+    return pipeline, containers.docker_runner(root, read_only=sources), containers.exit_status_checked()
+
+
 def run_local(
     dataset: str,
     source: str,
@@ -85,16 +101,27 @@ def run_local(
     min_recall: dict[str, float] | None = None,
     weights: str = c.DEFAULT_WEIGHTS,
     freeze_backbone: bool = False,
+    runner: str = SUBPROCESS,
+    image: str | None = None,
 ) -> dict:
-    """Run every step as a local subprocess (same Python environment); returns the summary.
+    """Run every step on this machine and return the run summary.
 
-    The grid and the store are checked here first, so a bad grid or an unreachable
-    endpoint fails before any step runs. Raises PipelineFailed with the failing step's
-    error message when a step fails.
+    runner "subprocess": each step is a subprocess of this Python environment; "docker":
+    each step is its own container of `image` (default: this version's image) through the
+    Docker API (Docker, or Podman's socket). The grid, the store and the source are checked
+    here first, so a bad grid or an unreachable endpoint fails before any step runs. Raises
+    PipelineFailed with the failing step's error message when a step fails.
     """
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}: use one of {', '.join(RUNNERS)}")
     if dataset not in vocab.DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(vocab.DATASETS)}")
     store_uri = open_store(store).uri
+    if runner == DOCKER and not store_uri.startswith("s3://"):
+        raise ValueError(
+            f"--runner docker needs an S3 store, not {store_uri}: step containers exchange data through "
+            "the object store (set AWS_ENDPOINT_URL_S3 and the keys), or use --runner subprocess"
+        )
     if not source.startswith("s3://"):
         source = str(Path(source).absolute())
     # A wrong layout, a missing archive or an empty s3:// prefix fails here, before any step.
@@ -122,19 +149,20 @@ def run_local(
         weights=weights,
         freeze_backbone=freeze_backbone,
     )
-    root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-"))
+    root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-")).absolute()
     root.mkdir(parents=True, exist_ok=True)
+    pipeline, kfp_runner, checked = _pipeline_and_runner(runner, image, root, source)
     log = StepLog(root / "run.log", echo)
-    log.echo.write(f"kfp.local run; step logs in {log.file.name}\n")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    log.echo.write(f"kfp.local run ({runner}); step logs in {log.file.name}\n")
+    local.init(runner=kfp_runner, pipeline_root=str(root))
     original_print = builtins.print
     try:
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
-            # Steps run in this environment rather than their image, and platform settings
-            # (GPU, tolerations) are ignored locally: both by design, not worth a warning.
+        with contextlib.redirect_stdout(log), warnings.catch_warnings(), checked:
+            # Subprocess steps run in this environment rather than their image, and platform
+            # settings (GPU, tolerations) are ignored locally: both by design, not worth a warning.
             warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)
             warnings.filterwarnings("ignore", ".*no effect in the current local runner", UserWarning)
-            task = medkfp_pipeline(**arguments)
+            task = pipeline(**arguments)
     except RuntimeError as e:
         log.flush()
         reason = log.last_error or str(e).splitlines()[0]

@@ -1,6 +1,7 @@
 """The pipeline graph: it only wires the steps; defaults live in configs.py."""
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
@@ -15,19 +16,41 @@ from medkfp.components.train import component as train_step
 from medkfp.pipelines import configs as c
 
 
-def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """On the cluster every step reads the S3 endpoint and keys from one Secret."""
-    kubernetes.use_secret_as_env(task, secret_name=c.S3_SECRET, secret_key_to_env=c.S3_SECRET_ENV)
+@dataclass(frozen=True)
+class Images:
+    """The images the compiled steps run: every step `cpu`, the train step `gpu`."""
+
+    cpu: str = vocab.COMPONENT_IMAGE
+    gpu: str = vocab.GPU_COMPONENT_IMAGE
+
+
+# The settings of the pipeline being built (`medkfp compile` and `medkfp run --image` options).
+GPU_NODE: ContextVar[c.GpuNode | None] = ContextVar("GPU_NODE", default=None)
+IMAGES: ContextVar[Images | None] = ContextVar("IMAGES", default=None)
+
+
+def in_container(task: dsl.PipelineTask, image: str | None = None) -> dsl.PipelineTask:
+    """Run the step in the project image, never from cache.
+
+    Caching is decided here, at compile time: a submit-time enable_caching does not reach
+    tasks inside a ParallelFor (kubeflow/pipelines#14253), and a scheduled run must read the
+    newest data at its source, which a cached ingest would skip.
+    """
+    task.set_container_image(image or (IMAGES.get() or Images()).cpu)
+    task.set_caching_options(enable_caching=False)
     return task
 
 
-# The GPU node settings of the pipeline being built (a `medkfp compile` option).
-GPU_NODE: ContextVar[c.GpuNode | None] = ContextVar("GPU_NODE", default=None)
+def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """On the cluster every step reads the S3 endpoint and keys from one Secret."""
+    kubernetes.use_secret_as_env(in_container(task), secret_name=c.S3_SECRET, secret_key_to_env=c.S3_SECRET_ENV)
+    return task
 
 
 def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """GPU request, node selector, tolerations and retries with backoff: the train task only."""
+    """GPU image and request, node selector, tolerations, retries with backoff: the train task only."""
     node = GPU_NODE.get() or c.GpuNode()
+    in_container(task, (IMAGES.get() or Images()).gpu)
     task.set_accelerator_type(c.GPU_RESOURCE).set_accelerator_limit(node.gpus)
     for key, value in node.node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
@@ -56,11 +79,41 @@ def pipeline_graph(
     weights: str = c.DEFAULT_WEIGHTS,
     freeze_backbone: bool = False,
 ) -> str:
-    candidates = grid_step.grid(
-        grid=grid, dataset=dataset, epochs=epochs, image_size=image_size, weights=weights,
-        freeze_backbone=freeze_backbone,
+    """Train a grid of candidates on one dataset and push the best to the model repository.
+
+    KFP shows these descriptions as the run form's help text.
+
+    Args:
+        dataset: Layout of the source: covid19-radiography, mias or imagefolder.
+        source: The raw images: s3://bucket/prefix (or a folder, .zip or .tar(.gz) the pods can read).
+        store: Store root for run data and the model repository, e.g. s3://medkfp.
+        model_name: Served model name; empty: the dataset's (imagefolder: the folder's name).
+        grid: Candidates to train: quick, paper, or a JSON list of candidate settings.
+        epochs: Epochs of every candidate; 0: each candidate's own.
+        image_size: Training size in pixels; 0: the grid's (paper: 224 or 256), else 64.
+        test_fraction: Share of the images held out for the test split (0-1).
+        val_fraction: Share of the remaining images used for validation (0-1).
+        seed: Seed of the split, the balancing and training.
+        min_delta: Push only if the best candidate beats the served model by this much.
+        label: What to predict: class, or severity (mias only).
+        max_rejected_fraction: Stop when more than this share of the files found is rejected (0-1).
+        selection_metric: Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).
+        min_recall: Recall floors per class the pushed model must meet, e.g. {"COVID": 0.95}.
+        weights: Backbone weights for every candidate: imagenet, none, or a weights file URI; empty: the grid's.
+        freeze_backbone: Train the dense head only.
+
+    Returns:
+        The run summary (JSON).
+    """
+    candidates = in_container(
+        grid_step.grid(
+            grid=grid, dataset=dataset, epochs=epochs, image_size=image_size, weights=weights,
+            freeze_backbone=freeze_backbone,
+        )
     )
-    run_image_size = grid_step.grid_image_size(grid=grid, dataset=dataset, image_size=image_size)
+    run_image_size = in_container(
+        grid_step.grid_image_size(grid=grid, dataset=dataset, image_size=image_size)
+    )
     ingest = with_store_credentials(
         ingest_step.ingest(
             dataset=dataset,
@@ -114,13 +167,15 @@ def pipeline_graph(
     return push.outputs["Output"]
 
 
-def build_pipeline(gpu_node: c.GpuNode | None = None):
-    """The KFP pipeline, its train task placed on `gpu_node` (default: one GPU, GPU taint)."""
-    token = GPU_NODE.set(gpu_node or c.GpuNode())
+def build_pipeline(gpu_node: c.GpuNode | None = None, images: Images | None = None):
+    """The KFP pipeline: its train task placed on `gpu_node` (default: one GPU, GPU taint),
+    its steps in `images` (default: the project's CPU and GPU images of this version)."""
+    tokens = GPU_NODE.set(gpu_node or c.GpuNode()), IMAGES.set(images or Images())
     try:
         return dsl.pipeline(name=c.PIPELINE_NAME, description=c.PIPELINE_DESCRIPTION)(pipeline_graph)
     finally:
-        GPU_NODE.reset(token)
+        GPU_NODE.reset(tokens[0])
+        IMAGES.reset(tokens[1])
 
 
 medkfp_pipeline = build_pipeline()
