@@ -74,6 +74,8 @@ def cmd_run(args) -> None:
         weights=args.weights or "",
         freeze_backbone=args.freeze_backbone,
         pipeline_root=args.pipeline_root,
+        runner=args.runner,
+        image=args.image,
     )
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -85,20 +87,28 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rich import box
+
+    def with_ci(m: dict, key: str) -> str:
+        # Two decimals for the interval keep the table inside 80 columns.
+        ci = (m.get("ci") or {}).get(key)
+        return f"{m[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
     counts = summary["counts"]
-    table = Table(title=f"{summary['dataset']}: candidates on the test split")
-    for column in ("candidate", "accuracy", "balanced acc.", "macro-F1", "ROC-AUC", ""):
-        table.add_column(column)
+    table = Table(title=f"{summary['dataset']}: candidates on the test split", box=box.SIMPLE_HEAD,
+                  caption=f"* selected by {summary['selection_metric']}; [95% CI], bootstrap; "
+                          "ECE of the served probabilities")
+    for column in ("candidate", "acc.", "bal. acc. [95% CI]", "macro-F1 [95% CI]", "ECE"):
+        table.add_column(column, no_wrap=True)
     for c in summary["candidates"]:
         m = c["metrics"]
-        roc = m.get("macro_roc_auc")
+        ece = (m.get("calibration") or {}).get("ece")
         table.add_row(
-            c["name"],
-            f"{m['accuracy']:.4f}",
-            f"{m['balanced_accuracy']:.4f}",
-            f"{m['macro_f1']:.4f}",
-            "n/a" if roc is None else f"{roc:.4f}",
-            f"selected by {summary['selection_metric']}" if c["name"] == summary["selected"] else "",
+            c["name"] + (" *" if c["name"] == summary["selected"] else ""),
+            f"{m['accuracy']:.3f}",
+            with_ci(m, "balanced_accuracy"),
+            with_ci(m, "macro_f1"),
+            "n/a" if ece is None else f"{ece:.3f}",
         )
     console = Console()
     console.print(
@@ -141,7 +151,7 @@ def cmd_compile(args) -> None:
         tolerations=tuple(configs.parse_toleration(t) for t in args.gpu_toleration)
         if args.gpu_toleration else configs.GpuNode().tolerations,
     )
-    print(compile_pipeline(args.out, gpu_node))
+    print(compile_pipeline(args.out, gpu_node, image=args.image, gpu_image=args.gpu_image))
 
 
 def cmd_evaluate(args) -> None:
@@ -200,8 +210,16 @@ def cmd_serving_sync(args) -> None:
         print(json.dumps(sync.sync_once().to_dict()))
         return
     stop = threading.Event()
+    after_pass = None
+    if args.health_port:
+        from medkfp.serving.health import SyncHealth, start_health_server
+
+        health = SyncHealth(sync, args.interval)
+        start_health_server(health, args.health_port)
+        after_pass = health.record_pass
     with stop_on_signals(stop):
-        sync.run(args.interval, stop, on_pass=lambda r: print(json.dumps(r.to_dict()), flush=True))
+        sync.run(args.interval, stop, on_pass=lambda r: print(json.dumps(r.to_dict()), flush=True),
+                 after_pass=after_pass)
 
 
 def cmd_predict(args) -> None:
@@ -355,10 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="store URI (default: $MEDKFP_STORE, s3://medkfp or .medkfp/store)")
     s.add_argument("--summary", help="write the run summary JSON here")
     s.add_argument("--pipeline-root", help="where kfp.local keeps task outputs and run.log")
+    s.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                   help="subprocess: steps run in this Python; docker: each step in its own container "
+                   "of --image through the Docker API (Docker, or Podman's socket via DOCKER_HOST)")
+    s.add_argument("--image", help=f"image the steps run with --runner docker (default {vocab.COMPONENT_IMAGE})")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("compile", help="compile the pipeline YAML for the KFP UI")
     s.add_argument("--out", default="pipeline.yaml")
+    s.add_argument("--image", help=f"image of every step (default {vocab.COMPONENT_IMAGE})")
+    s.add_argument("--gpu-image", help="image of the train step (default: --image with a -gpu tag suffix, "
+                   f"else {vocab.GPU_COMPONENT_IMAGE})")
     s.add_argument("--gpus", type=int, default=configs.GPU_COUNT, help="GPUs per train task")
     s.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
                    help="node label the train task needs (repeatable)")
@@ -398,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true", help="one pass, then exit")
     s.add_argument("--server", help="HOST:PORT of the server reading the folder; labels then move "
                    "only once it reports their new version AVAILABLE")
+    s.add_argument("--health-port", type=int, help="serve /livez and /readyz (every model in models.config "
+                   "AVAILABLE on --server) on this port, for the pod's probes")
     s.set_defaults(func=cmd_serving_sync)
 
     s = sub.add_parser("predict", help="send images to a model server over gRPC")
@@ -446,7 +473,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from medkfp.pipelines.local_runner import PipelineFailed
     from medkfp.store import StoreError
 
-    errors = [UsageError, LayoutError, StoreError, PipelineFailed, ValueError, FileNotFoundError]
+    from medkfp.containers import ContainerError
+
+    errors = [UsageError, LayoutError, StoreError, PipelineFailed, ContainerError, ValueError, FileNotFoundError]
     from medkfp.serving.client import ServingError
     from medkfp.serving.server import ServeError
 

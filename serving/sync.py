@@ -193,8 +193,8 @@ class ServingSync:
         report = SyncReport()
         remote = self.repo.read_config()
         self.local_dir.mkdir(parents=True, exist_ok=True)
-        current = self._read_local_config()
-        available = self._available(remote)
+        current = self.read_local_config()
+        available = self.available_versions(remote)
         mirrored = model_server_config_pb2.ModelServerConfig()
         mirrored.model_config_list.SetInParent()
         for entry in remote.model_config_list.config:
@@ -266,7 +266,7 @@ class ServingSync:
         return target in loaded
 
     # --- the server's view ------------------------------------------------------------
-    def _available(self, config) -> dict[str, set[int]] | None:
+    def available_versions(self, config) -> dict[str, set[int]] | None:
         """model -> versions the server reports AVAILABLE; None if no server or unreachable."""
         if self.server is None:
             return None
@@ -289,7 +289,7 @@ class ServingSync:
         return available
 
     # --- local files -------------------------------------------------------------------
-    def _read_local_config(self):
+    def read_local_config(self):
         if not self.config_path.is_file():
             return None
         try:
@@ -326,10 +326,11 @@ class ServingSync:
         return removed
 
     # --- the loop ----------------------------------------------------------------------
-    def run(self, interval: float, stop: threading.Event | None = None, on_pass=None) -> None:
+    def run(self, interval: float, stop: threading.Event | None = None, on_pass=None, after_pass=None) -> None:
         """Sync every `interval` s until `stop` is set; one pass if interval <= 0.
 
-        `on_pass(report)` is called after each pass that changed something. A pass whose
+        `on_pass(report)` is called after each pass that changed something, `after_pass(report)`
+        after every pass (the health endpoint's heartbeat). A pass whose
         store read fails is logged and retried; the first pass's failure is raised
         (StoreError), so a wrong --store fails at once.
         """
@@ -346,6 +347,8 @@ class ServingSync:
             first = False
             if report.changed and on_pass is not None:
                 on_pass(report)
+            if after_pass is not None:
+                after_pass(report)
             if interval <= 0:
                 return
             wait = min(interval, PENDING_RECHECK_SECONDS) if report.pending else interval

@@ -115,7 +115,7 @@ class FakeServer(ServingSync):
 
     available: dict[str, set[int]] | None = None
 
-    def _available(self, config):
+    def available_versions(self, config):
         return self.available
 
 
