@@ -97,7 +97,8 @@ def test_every_step_runs_the_project_image_with_store_credentials(compiled):
     spec, platform = compiled
     for name in STEPS:
         executor = spec["deploymentSpec"]["executors"][f"exec-{name}"]
-        assert executor["container"]["image"] == vocab.COMPONENT_IMAGE
+        expected = vocab.GPU_COMPONENT_IMAGE if name == "train" else vocab.COMPONENT_IMAGE
+        assert executor["container"]["image"] == expected
         env = platform[f"exec-{name}"]["secretAsEnv"][0]
         assert env["secretName"] == configs.S3_SECRET
         assert {k["envVar"] for k in env["keyToEnv"]} == set(configs.S3_SECRET_ENV.values())
