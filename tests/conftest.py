@@ -54,3 +54,19 @@ def trained_shapes(tmp_path_factory):
     from training_helpers import train_shapes
 
     return train_shapes(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def medkfp_image() -> str:
+    """The project image in the container engine (`make test-containers` builds it first).
+
+    Skips with the reason where no engine answers or the image is missing.
+    """
+    from medkfp import containers, vocab
+
+    image = os.environ.get("MEDKFP_TEST_IMAGE", vocab.COMPONENT_IMAGE)
+    try:
+        containers.require_image(containers.docker_client(), image)
+    except containers.ContainerError as e:
+        pytest.skip(f"container tests: {e}")
+    return image
