@@ -10,6 +10,12 @@ models.config, so a failed or interrupted publish leaves what is served unchange
 version is never written again once complete, and version numbers are never reused: the
 highest-numbered folder is never deleted.
 
+Concurrent publishes are safe: a version number is taken by creating its reservation file
+with a conditional write (create-if-absent), so two publishes never take one number, and
+models.config is changed by read-modify-write with a conditional replace (If-Match its
+ETag), re-read and re-applied when another writer changed it in between, so no change is
+lost. (Stores without conditional writes get them through a lease: see medkfp.store.)
+
 models.config is the desired state: one entry per model, `specific` versions = the stable
 version and the one before it, the `stable` label on the stable one. The serving side
 (`medkfp serve`, `medkfp serving-sync` + TF Serving) moves the label only once the new
@@ -19,9 +25,13 @@ version is loaded; see medkfp.serving.sync.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import random
 import re
 import tempfile
+import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +42,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from medkfp import vocab
-from medkfp.store import Store, StoreError
+from medkfp.store import NotFound, PreconditionFailed, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +52,12 @@ LOADED_VERSIONS = 2
 SERVE_TAG = "serve"
 # Model names become folder names (in the store, the mirror and caches): no path tricks.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+# Created first in a version folder, with create-if-absent: whoever creates it owns the number.
+RESERVATION_FILE = "reservation.json"
 # Files of a version folder that publish writes itself; a SavedModel must not bring its own.
-RESERVED_FILES = (vocab.METADATA_FILE, vocab.MODEL_CARD_FILE)
+RESERVED_FILES = (vocab.METADATA_FILE, vocab.MODEL_CARD_FILE, RESERVATION_FILE)
+# Conditional replaces of models.config that may lose to other writers before giving up.
+CONFIG_ATTEMPTS = 100
 
 
 class InvalidModelError(ValueError):
@@ -268,7 +282,48 @@ class ModelRepository:
         return config
 
     def write_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Overwrite models.config unconditionally (tools and tests; publish uses update_config)."""
         self.store.put_text(CONFIG_KEY, text_format.MessageToString(config))
+
+    def update_config(self, change: Callable[[model_server_config_pb2.ModelServerConfig], None]):
+        """Apply `change` to models.config without losing a concurrent writer's change.
+
+        Reads the config and its ETag, applies `change` (which must be safe to apply again
+        to a newer config), and replaces the config only if nobody wrote it meanwhile;
+        otherwise reads it again and retries. Returns the config written. Raises StoreError
+        when the config is not valid or the store keeps refusing.
+        """
+        for attempt in range(CONFIG_ATTEMPTS):
+            try:
+                text, etag = self.store.get_bytes_with_etag(CONFIG_KEY)
+            except NotFound:
+                text, etag = None, None
+            config = model_server_config_pb2.ModelServerConfig()
+            if text is not None:
+                try:
+                    text_format.Parse(text.decode(), config)
+                except text_format.ParseError as e:
+                    raise StoreError(
+                        f"{self.store.uri_for(CONFIG_KEY)} is not a TF Serving model config ({e}): "
+                        "fix it or publish/roll back a version to rewrite it"
+                    ) from None
+            change(config)
+            new_text = text_format.MessageToString(config).encode()
+            if new_text == text:
+                return config
+            try:
+                if etag is None:
+                    self.store.put_bytes_if(CONFIG_KEY, new_text, if_none_match=True)
+                else:
+                    self.store.put_bytes_if(CONFIG_KEY, new_text, if_match=etag)
+                return config
+            except (PreconditionFailed, NotFound):
+                # Another publish or rollback wrote it first: start again from its version.
+                time.sleep(random.random() * min(0.02 * (attempt + 1), 0.5))
+        raise StoreError(
+            f"{self.store.uri_for(CONFIG_KEY)} kept changing during {CONFIG_ATTEMPTS} attempts to update it: "
+            "publish again"
+        )
 
     def config_entry(self, config, model: str):
         for entry in config.model_config_list.config:
@@ -381,7 +436,7 @@ class ModelRepository:
         signature = check_servable(saved_model_dir)
         files = saved_model_files(saved_model_dir)
         previous = self.stable_version(model)
-        version = max(self.version_numbers(model), default=0) + 1
+        version = self.reserve_version(model)
         prefix = vocab.model_version_key(model, version)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         metadata = {
@@ -393,21 +448,49 @@ class ModelRepository:
             "published": now,
             "signature": signature,
         }
-        if self.store.list_keys(prefix + "/"):
-            raise StoreError(
-                f"{self.store.uri_for(prefix)} is not empty: another publish is writing this version; "
-                "publish again"
-            )
         card = (model_card or (lambda v: default_model_card(model, v, metadata)))(version)
         checksums = self._upload(prefix, files, card)
+        # The reservation is a file of the version too: listed, so the folder is fully described.
+        checksums[RESERVATION_FILE] = sha256_bytes(self.store.get_bytes(f"{prefix}/{RESERVATION_FILE}"))
         self._verify(prefix, checksums)
         # metadata.json is written last: its presence marks the version complete.
         self._write_once(f"{prefix}/{vocab.METADATA_FILE}", {**metadata, "files": checksums})
-        self._set_served(model, version, previous)
+        self._set_served(model, version, None, after_current=True)
         log.info("published model %s version %d (%d files)", model, version, len(checksums))
         if keep is not None:
             self._prune_quietly(model, keep)
         return version
+
+    def reserve_version(self, model: str) -> int:
+        """Take the next free version number of `model`; returns it.
+
+        The number is taken by creating its folder's reservation file only if absent, so
+        of two publishes racing for one number exactly one wins; the other takes the next.
+        A retried request whose first try did land is recognised by its token.
+        """
+        token = uuid.uuid4().hex
+        version = max(self.version_numbers(model), default=0) + 1
+        while True:
+            key = vocab.model_version_key(model, version, RESERVATION_FILE)
+            payload = json.dumps({"token": token, "reserved": datetime.now(timezone.utc).isoformat()})
+            try:
+                self.store.put_bytes_if(key, payload.encode(), if_none_match=True)
+                return version
+            except PreconditionFailed:
+                try:
+                    if json.loads(self.store.get_bytes(key)).get("token") == token:
+                        return version
+                except (NotFound, ValueError):
+                    pass
+                listed = self.version_numbers(model)
+                if version not in listed:
+                    # Taken, yet the listing misses it: the listing cannot be trusted to pick
+                    # a free number, so stop rather than guess.
+                    raise StoreError(
+                        f"{self.store.uri_for(vocab.model_version_key(model, version))} is not empty: "
+                        "another publish is writing this version; publish again"
+                    ) from None
+                version = max(version + 1, max(listed) + 1)
 
     def _upload(self, prefix: str, files: dict[str, Path], card: str) -> dict[str, str]:
         """Upload the SavedModel files and the card; returns relative path -> sha256."""
@@ -433,27 +516,41 @@ class ModelRepository:
                 local.unlink()
 
     def _write_once(self, key: str, payload: dict) -> None:
-        if self.store.exists(key):
+        data = json.dumps(payload, indent=2, sort_keys=True).encode()
+        try:
+            self.store.put_bytes_if(key, data, if_none_match=True)
+        except PreconditionFailed:
             raise StoreError(
                 f"{self.store.uri_for(key)} already exists: another publish took this version "
                 "at the same time; publish again"
-            )
-        self.store.put_json(key, payload)
+            ) from None
 
-    def _set_served(self, model: str, stable: int, previous: int | None) -> None:
-        """Name `stable` (labelled) and `previous` as the loaded versions of `model`."""
-        config = self.read_config()
-        entry = self.config_entry(config, model)
-        if entry is None:
-            entry = config.model_config_list.config.add()
-            entry.name = model
-            entry.base_path = f"{vocab.SERVING_BASE_DIR}/{model}"
-            entry.model_platform = "tensorflow"
-        versions = sorted({v for v in (previous, stable) if v is not None})[-LOADED_VERSIONS:]
-        entry.model_version_policy.specific.Clear()
-        entry.model_version_policy.specific.versions.extend(versions)
-        entry.version_labels[vocab.STABLE_LABEL] = stable
-        self.write_config(config)
+    def _set_served(self, model: str, stable: int, previous: int | None, after_current: bool = False) -> None:
+        """Name `stable` (labelled) and `previous` as the loaded versions of `model`.
+
+        after_current: the version loaded beside `stable` is instead whatever is stable in
+        models.config when it is written (a publish), so of two publishes of one model
+        finishing together the later one becomes stable and the other stays loaded beside
+        it instead of being dropped.
+        """
+
+        def change(config) -> None:
+            entry = self.config_entry(config, model)
+            if entry is None:
+                entry = config.model_config_list.config.add()
+                entry.name = model
+                entry.base_path = f"{vocab.SERVING_BASE_DIR}/{model}"
+                entry.model_platform = "tensorflow"
+            before = previous
+            if after_current and vocab.STABLE_LABEL in entry.version_labels:
+                before = int(entry.version_labels[vocab.STABLE_LABEL])
+                before = None if before == stable else before
+            versions = sorted({v for v in (before, stable) if v is not None})[-LOADED_VERSIONS:]
+            entry.model_version_policy.specific.Clear()
+            entry.model_version_policy.specific.versions.extend(versions)
+            entry.version_labels[vocab.STABLE_LABEL] = stable
+
+        self.update_config(change)
 
     # --- rollback -------------------------------------------------------------------
     def rollback(self, model: str, version: int | None = None) -> int:
