@@ -8,15 +8,21 @@
 # answers, `make container-engine` makes one from Debian's packages (localhost/medkfp-base:bookworm-py3.11).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS builder
+# pyproject.toml's runtime dependencies as a requirements file: the install layer below is reused
+# as long as they (and the constraints) stay the same, whatever else pyproject.toml changes.
+FROM ${BASE_IMAGE} AS requirements
 ARG TF_EXTRA=""
+COPY pyproject.toml Dockerfiles/runtime_requirements.py /src/
+RUN python3 /src/runtime_requirements.py /src/pyproject.toml "${TF_EXTRA}" > /src/runtime-requirements.txt
+
+FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN python3 -m venv /opt/venv
 # Dependencies first, from the pinned constraints, so a source change rebuilds only the last layers.
-COPY pyproject.toml requirements/constraints.txt /src/
-COPY Dockerfiles/runtime_requirements.py /src/
-RUN python3 /src/runtime_requirements.py /src/pyproject.toml "${TF_EXTRA}" > /src/runtime-requirements.txt
+COPY requirements/constraints.txt /src/
+COPY --from=requirements /src/runtime-requirements.txt /src/
 RUN /opt/venv/bin/pip install --quiet -c /src/constraints.txt -r /src/runtime-requirements.txt
+COPY pyproject.toml /src/
 COPY medkfp /src/medkfp
 COPY components /src/components
 COPY pipelines /src/pipelines
