@@ -15,3 +15,12 @@ def write_json_artifact(artifact, payload: dict, **metadata) -> None:
 
 def read_json_artifact(artifact) -> dict:
     return json.loads(Path(artifact.path).read_text())
+
+
+# The line a per-candidate step prints first, so a local run's output names the candidate of
+# each of the parallel tasks that share one name (pipelines/run_log.py reads it).
+CANDIDATE_MARKER = "medkfp candidate: "
+
+
+def announce_candidate(name: str) -> None:
+    print(f"{CANDIDATE_MARKER}{name}", flush=True)

@@ -6,8 +6,6 @@ import builtins
 import contextlib
 import json
 import logging
-import re
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,43 +18,15 @@ from medkfp.components.ingest.layouts import scan_source
 from medkfp.components.push.logic import check_min_recall, check_selection_metric
 from medkfp.pipelines import configs as c
 from medkfp.pipelines.pipeline import Images, build_pipeline, medkfp_pipeline
+from medkfp.pipelines.run_log import StepLog
 from medkfp.store import open_store
 
 SUBPROCESS, DOCKER = "subprocess", "docker"
 RUNNERS = (SUBPROCESS, DOCKER)
-ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
 
 class PipelineFailed(RuntimeError):
     """A step failed; the message carries the step's own error and the log's path."""
-
-
-class StepLog:
-    """Writes kfp.local's verbose output to a log file and echoes task status lines."""
-
-    def __init__(self, path: Path, echo=None):
-        self.file = open(path, "w")
-        self.echo = echo or sys.stderr  # looked up now: sys.stderr may be swapped after import
-        self.last_error: str | None = None
-
-    def write(self, text: str) -> int:
-        if self.file.closed:  # a kfp.local logging handler can outlive the run
-            return len(text)
-        self.file.write(text)
-        for line in text.splitlines():
-            if "finished with status" in line or "Executing task" in line:
-                self.echo.write(re.sub(r"\x1b\[[0-9;]*m", "", line).strip() + "\n")
-            match = ERROR_LINE.match(line)
-            if match:
-                self.last_error = f"{match.group(1)}: {match.group(2)}"
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.file.closed:
-            self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def drop_handlers_writing_to(stream) -> None:
@@ -103,6 +73,7 @@ def run_local(
     freeze_backbone: bool = False,
     runner: str = SUBPROCESS,
     image: str | None = None,
+    labels: str = "",
 ) -> dict:
     """Run every step on this machine and return the run summary.
 
@@ -125,7 +96,9 @@ def run_local(
     if not source.startswith("s3://"):
         source = str(Path(source).absolute())
     # A wrong layout, a missing archive or an empty s3:// prefix fails here, before any step.
-    scan = scan_source(dataset, source, label)
+    if labels and not labels.startswith("s3://") and Path(labels).is_file():
+        labels = str(Path(labels).absolute())  # the steps run in another working directory
+    scan = scan_source(dataset, source, label, labels)
     # A bad grid, metric or recall floor fails here too, not after training.
     expand_grid(grid, dataset, epochs, image_size, weights, freeze_backbone)
     check_selection_metric(selection_metric)
@@ -148,6 +121,7 @@ def run_local(
         min_recall=min_recall,
         weights=weights,
         freeze_backbone=freeze_backbone,
+        labels=labels,
     )
     root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-")).absolute()
     root.mkdir(parents=True, exist_ok=True)

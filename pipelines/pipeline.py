@@ -43,7 +43,9 @@ def in_container(task: dsl.PipelineTask, image: str | None = None) -> dsl.Pipeli
 
 def with_store_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """On the cluster every step reads the S3 endpoint and keys from one Secret."""
-    kubernetes.use_secret_as_env(in_container(task), secret_name=c.S3_SECRET, secret_key_to_env=c.S3_SECRET_ENV)
+    kubernetes.use_secret_as_env(
+        in_container(task), secret_name=c.S3_SECRET, secret_key_to_env=c.S3_SECRET_ENV
+    )
     return task
 
 
@@ -78,13 +80,14 @@ def pipeline_graph(
     min_recall: dict = {},  # noqa: B006 (KFP reads the default; the dict is never mutated)
     weights: str = c.DEFAULT_WEIGHTS,
     freeze_backbone: bool = False,
+    labels: str = "",
 ) -> str:
     """Train a grid of candidates on one dataset and push the best to the model repository.
 
     KFP shows these descriptions as the run form's help text.
 
     Args:
-        dataset: Layout of the source: covid19-radiography, mias or imagefolder.
+        dataset: Layout of the source: covid19-radiography, mias, imagefolder or dicom.
         source: The raw images: s3://bucket/prefix (or a folder, .zip or .tar(.gz) the pods can read).
         store: Store root for run data and the model repository, e.g. s3://medkfp.
         model_name: Served model name; empty: the dataset's (imagefolder: the folder's name).
@@ -99,8 +102,9 @@ def pipeline_graph(
         max_rejected_fraction: Stop when more than this share of the files found is rejected (0-1).
         selection_metric: Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).
         min_recall: Recall floors per class the pushed model must meet, e.g. {"COVID": 0.95}.
-        weights: Backbone weights for every candidate: imagenet, none, or a weights file URI; empty: the grid's.
+        weights: Backbone weights of every candidate: imagenet, none or a weights file URI; empty: the grid's.
         freeze_backbone: Train the dense head only.
+        labels: dicom only: the labels table (path or SOPInstanceUID, label); empty: labels.csv in the source.
 
     Returns:
         The run summary (JSON).
@@ -122,6 +126,7 @@ def pipeline_graph(
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             label=label,
             max_rejected_fraction=max_rejected_fraction,
+            labels=labels,
         )
     )
     preprocess = with_store_credentials(

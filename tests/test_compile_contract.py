@@ -41,7 +41,11 @@ def contract(spec: dict, platform: dict) -> dict:
     return {
         "pipeline": spec["pipelineInfo"]["name"],
         "parameters": {
-            name: {"type": p["parameterType"], "default": p.get("defaultValue"), "description": p.get("description")}
+            name: {
+                "type": p["parameterType"],
+                "default": p.get("defaultValue"),
+                "description": p.get("description"),
+            }
             for name, p in sorted(parameters.items())
         },
         "tasks": {
@@ -81,13 +85,15 @@ def test_compiled_contract_matches_the_golden_file(tmp_path):
 
 
 def test_image_flags_set_every_executor_and_train_gets_the_gpu_image(tmp_path):
-    spec, _ = compiled(tmp_path, "--image", "registry.example/medkfp:9", "--gpu-image", "registry.example/gpu:9")
-    images = {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
-    assert images.pop("exec-train") == "registry.example/gpu:9"
+    spec, _ = compiled(tmp_path, "--image", "registry.example/medkfp:9", "--gpu-image", "reg.example/g:9")
+    executors = spec["deploymentSpec"]["executors"]
+    images = {name: e["container"]["image"] for name, e in executors.items()}
+    assert images.pop("exec-train") == "reg.example/g:9"
     assert set(images.values()) == {"registry.example/medkfp:9"}
 
     spec, _ = compiled(tmp_path, "--image", "registry.example/medkfp:9")
-    assert spec["deploymentSpec"]["executors"]["exec-train"]["container"]["image"] == "registry.example/medkfp:9-gpu"
+    train = spec["deploymentSpec"]["executors"]["exec-train"]
+    assert train["container"]["image"] == "registry.example/medkfp:9-gpu"
 
 
 def test_default_images_are_this_version(tmp_path):

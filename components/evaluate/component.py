@@ -16,10 +16,11 @@ def evaluate(
     report: Output[HTML],
 ):
     """Score one candidate on the test split; log its confusion matrix, scalars and report."""
-    from medkfp.artifacts import read_json_artifact, write_json_artifact
+    from medkfp.artifacts import announce_candidate, read_json_artifact, write_json_artifact
     from medkfp.components.evaluate.logic import evaluate
     from medkfp.metrics import ui_scalars
 
+    announce_candidate(read_json_artifact(model)["candidate"]["name"])
     summary = evaluate(read_json_artifact(dataset), read_json_artifact(model), report_path=report.path)
     metrics = summary["metrics"]
     confusion.log_confusion_matrix(metrics["class_names"], metrics["confusion_matrix"])

@@ -15,9 +15,10 @@ def train(
     model: Output[Model],
 ):
     """Train one candidate (resuming from its stored checkpoint) and export its SavedModel."""
-    from medkfp.artifacts import read_json_artifact, write_json_artifact
+    from medkfp.artifacts import announce_candidate, read_json_artifact, write_json_artifact
     from medkfp.components.train.logic import train
 
+    announce_candidate(candidate["name"])
     summary = train(read_json_artifact(dataset), read_json_artifact(balanced), candidate, seed)
     write_json_artifact(
         model,

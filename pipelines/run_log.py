@@ -1,0 +1,112 @@
+"""A local run's output: kfp.local's verbose log to a file, one readable line per task to the terminal.
+
+kfp.local prints its own log lines (timestamps, colour codes, artifact dumps) and every
+step's output to stdout. The run redirects stdout here: everything goes to run.log, and
+the terminal gets one line when a task starts and one when it ends, with the candidate it
+works on, its status and seconds; a failed task adds its last error lines and the log path.
+
+Parallel tasks of a ParallelFor share a name ("train"), so lines are attributed by thread:
+kfp.local runs each task, and prints its output, on one thread of its own.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medkfp.artifacts import CANDIDATE_MARKER
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"Executing task '([\w-]+)'")
+FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+CANDIDATE = re.compile(re.escape(CANDIDATE_MARKER) + r"(\S+)")
+# Tasks that work on one candidate: their start line waits for the candidate's name.
+PER_CANDIDATE = frozenset({"balance", "train", "evaluate"})
+ERROR_LINES_SHOWN = 5
+
+
+@dataclass
+class TaskState:
+    name: str
+    started: float = field(default_factory=time.monotonic)
+    candidate: str = ""
+    announced: bool = False
+    tail: deque = field(default_factory=lambda: deque(maxlen=40))
+
+
+class StepLog:
+    """A file-like stdout for a kfp.local run: writes everything to `path`, echoes task lines.
+
+    `last_error` keeps the last "SomeError: message" line seen, for the run's error message.
+    """
+
+    def __init__(self, path: Path, echo=None):
+        self.file = open(path, "w")
+        self.echo = echo or sys.stderr  # looked up now: sys.stderr may be swapped after import
+        self.last_error: str | None = None
+        self._tasks: dict[int, TaskState] = {}
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self.file.closed:  # a kfp.local logging handler can outlive the run
+                return len(text)
+            self.file.write(text)
+            for line in ANSI.sub("", text).splitlines():
+                self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        thread = threading.get_ident()
+        started, finished = STARTED.search(line), FINISHED.search(line)
+        task = self._tasks.get(thread)
+        if started:
+            task = self._tasks[thread] = TaskState(started.group(1))
+            if task.name not in PER_CANDIDATE:
+                self._announce(task)
+            return
+        if task is None:
+            return
+        if finished:
+            self._finish(task, finished.group(2))
+            del self._tasks[thread]
+            return
+        task.tail.append(line.strip())
+        match = ERROR_LINE.match(line)
+        if match:
+            self.last_error = f"{match.group(1)}: {match.group(2)}"
+        candidate = CANDIDATE.search(line)
+        if candidate and not task.announced:
+            task.candidate = candidate.group(1)
+            self._announce(task)
+
+    def _announce(self, task: TaskState) -> None:
+        task.announced = True
+        self._echo(f"  started   {task.name:<16} {task.candidate}")
+
+    def _finish(self, task: TaskState, status: str) -> None:
+        seconds = time.monotonic() - task.started
+        word = "done" if status == "SUCCESS" else "FAILED"
+        self._echo(f"  {word:<9} {task.name:<16} {task.candidate:<28} {status:<8} {seconds:6.1f} s")
+        if status != "SUCCESS":
+            shown = [line for line in task.tail if line][-ERROR_LINES_SHOWN:]
+            for line in shown:
+                self._echo(f"      | {line}")
+            self._echo(f"      full log: {self.file.name}")
+
+    def _echo(self, line: str) -> None:
+        self.echo.write(line + "\n")
+        self.echo.flush()
+
+    def flush(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()

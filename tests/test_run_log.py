@@ -1,0 +1,60 @@
+"""A local run's terminal output: one line per task start and end, candidates told apart by thread."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+from medkfp.artifacts import CANDIDATE_MARKER
+from medkfp.pipelines.run_log import StepLog
+
+# kfp.local's own lines, colour codes included, as it prints them.
+STARTED = "19:14:01.670 - INFO - Executing task \x1b[96m'{}'\x1b[0m\n"
+FINISHED = "19:14:16.446 - INFO - Task \x1b[96m'{}'\x1b[0m finished with status \x1b[92m{}\x1b[0m\n"
+
+
+def run_task(log: StepLog, name: str, candidate: str | None, status: str, output: str = "") -> None:
+    log.write(STARTED.format(name))
+    log.write("19:14:01.671 - INFO - Streamed logs:\n\n")
+    if candidate:
+        log.write(f"    {CANDIDATE_MARKER}{candidate}\n")
+    log.write(output)
+    log.write(FINISHED.format(name, status))
+
+
+def test_one_line_per_start_and_end_with_the_candidate_of_each_parallel_task(tmp_path):
+    terminal = io.StringIO()
+    log = StepLog(tmp_path / "run.log", echo=terminal)
+    run_task(log, "ingest", None, "SUCCESS", "    lots of step output\n")
+    threads = [
+        threading.Thread(target=run_task, args=(log, "train", name, "SUCCESS", "    Epoch 1/3\n"))
+        for name in ("simple-cnn-none", "simple-cnn-undersample", "simple-cnn-oversample")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+
+    lines = terminal.getvalue().splitlines()
+    assert len(lines) == 8 and all(len(line) <= 80 for line in lines)
+    assert lines[0].split() == ["started", "ingest"]
+    assert lines[1].split()[:3] == ["done", "ingest", "SUCCESS"]
+    finished = sorted(line.split()[2] for line in lines if line.split()[:2] == ["done", "train"])
+    assert finished == ["simple-cnn-none", "simple-cnn-oversample", "simple-cnn-undersample"]
+    assert not any("\x1b" in line or "Epoch" in line or "INFO" in line for line in lines)
+    assert "lots of step output" in (tmp_path / "run.log").read_text()  # everything stays in the log
+
+
+def test_a_failed_task_shows_its_last_error_lines_and_the_log(tmp_path):
+    terminal = io.StringIO()
+    log = StepLog(tmp_path / "run.log", echo=terminal)
+    error = "    Traceback (most recent call last):\n    ValueError: 8 of 8 files rejected: use a folder of images\n"
+    run_task(log, "ingest", None, "FAILURE", error)
+    log.close()
+
+    shown = terminal.getvalue()
+    assert "FAILED    ingest" in shown and "FAILURE" in shown
+    assert "| ValueError: 8 of 8 files rejected" in shown
+    assert f"full log: {tmp_path / 'run.log'}" in shown
+    assert log.last_error == "ValueError: 8 of 8 files rejected: use a folder of images"
