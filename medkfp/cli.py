@@ -464,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--store")
     m.add_argument("--version", type=int, help="make this version stable instead of the previous one")
     m.set_defaults(func=cmd_models_rollback)
+
+    from medkfp import cli_kfp  # submit, schedule: here, since cli_kfp imports this module
+
+    cli_kfp.add_parsers(sub)
     return p
 
 
@@ -478,8 +482,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     errors = [UsageError, LayoutError, StoreError, PipelineFailed, ContainerError, ValueError, FileNotFoundError]
     from medkfp.serving.client import ServingError
     from medkfp.serving.server import ServeError
+    from medkfp.pipelines.kubeflow_runner import KfpError
 
-    return (*errors, ServingError, ServeError)
+    return (*errors, ServingError, ServeError, KfpError)
 
 
 def main(argv: list[str] | None = None) -> int:
