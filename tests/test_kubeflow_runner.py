@@ -151,6 +151,30 @@ def test_wait_exits_non_zero_when_the_run_fails(capsys, kfp_api):
     assert "SUCCEEDED" in out
 
 
+def test_wait_gives_up_after_its_timeout(capsys, kfp_api):
+    kfp_api.run_state = "RUNNING"
+    status, _, err = cli(capsys, "submit", "--host", kfp_api.url, *RUN, "--wait", "--timeout", "0")
+    assert status == 2
+    assert "still running after 0 s" in error_line(err)
+
+
+def test_a_pipeline_uploaded_by_hand_gets_the_submitted_version(capsys, kfp_api, tmp_path):
+    """The README's other way: `medkfp compile`, then Upload pipeline in the UI (the upload endpoint)."""
+    import kfp
+
+    assert main(["compile", "--out", str(tmp_path / "pipeline.yaml")]) == 0
+    with pytest.warns(FutureWarning):
+        by_hand = kfp.Client(host=kfp_api.url).upload_pipeline(
+            str(tmp_path / "pipeline.yaml"), pipeline_name=configs.PIPELINE_NAME)
+    capsys.readouterr()
+    result = submit(capsys, kfp_api)
+    assert result["pipeline_id"] == by_hand.pipeline_id
+    assert result["uploaded"] is True  # the hand-made version is named after the pipeline, not the hash
+    names = {v["display_name"] for v in kfp_api.versions.values()}
+    assert names == {configs.PIPELINE_NAME, kfp_api.versions[result["pipeline_version_id"]]["display_name"]}
+    assert submit(capsys, kfp_api)["uploaded"] is False
+
+
 def test_a_token_goes_with_every_request(capsys, kfp_api, tmp_path, monkeypatch):
     token = tmp_path / "token"
     token.write_text("secret-1\n")
