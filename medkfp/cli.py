@@ -18,11 +18,14 @@ class UsageError(ValueError):
 
 
 def cmd_synth(args) -> None:
-    from medkfp import synth
+    from medkfp import synth, synth_dicom
 
     counts = [int(n) for n in args.counts.split(",")] if args.counts else None
-    make = {vocab.COVID: synth.synth_covid, vocab.MIAS: synth.synth_mias}[args.dataset]
+    make = {vocab.COVID: synth.synth_covid, vocab.MIAS: synth.synth_mias, vocab.DICOM: synth_dicom.synth_dicom}[
+        args.dataset]
     kwargs = {"per_class": args.per_class, "counts": counts, "seed": args.seed}
+    if args.dataset == vocab.DICOM:
+        kwargs["layout"] = args.layout
     if args.size:
         kwargs["size"] = args.size
     written = make(args.out, progress=sys.stderr.isatty(), **kwargs)
@@ -41,6 +44,7 @@ def cmd_plan(args) -> None:
         seed=args.seed,
         max_rejected_fraction=args.max_rejected_fraction,
         progress=sys.stderr.isatty(),
+        labels=args.labels or "",
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -76,6 +80,7 @@ def cmd_run(args) -> None:
         pipeline_root=args.pipeline_root,
         runner=args.runner,
         image=args.image,
+        labels=args.labels or "",
     )
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -223,12 +228,13 @@ def cmd_serving_sync(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from medkfp.dicom import load_image_file
     from medkfp.serving.client import predict, rest_response
 
     images = []
     for path in args.images:
         try:
-            images.append(Path(path).read_bytes())
+            images.append(load_image_file(path))  # DICOM: windowed as for training, sent as PNG
         except OSError as e:
             raise UsageError(f"cannot read image {path}: {e.strerror}") from None
     result = predict(
@@ -313,6 +319,8 @@ def cmd_models_rollback(args) -> None:
 
 SOURCE_HELP = "the raw images: a folder, a .zip/.tar(.gz) download, or s3://bucket/prefix"
 MAX_REJECTED_HELP = "stop when more than this fraction of the files found is rejected (0-1)"
+LABELS_HELP = ("--dataset dicom: the labels table, a CSV with a path or SOPInstanceUID column and a label "
+               "column (local, s3:// or a path in the source; default labels.csv in the source)")
 
 
 def add_run_parameters(s: argparse.ArgumentParser) -> None:
@@ -322,6 +330,7 @@ def add_run_parameters(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-rejected-fraction", type=float, default=vocab.DEFAULT_MAX_REJECTED_FRACTION,
                    help=MAX_REJECTED_HELP)
     s.add_argument("--name", help="served model name (default: dataset or folder name)")
+    s.add_argument("--labels", help=LABELS_HELP)
     s.add_argument("--label", default="class", choices=["class", "severity"])
     s.add_argument("--grid", default=configs.DEFAULT_GRID, help="quick | paper | a JSON/YAML grid file")
     s.add_argument("--epochs", type=int, default=configs.DEFAULT_EPOCHS,
@@ -348,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write a deterministic synthetic dataset in the real layout")
-    s.add_argument("dataset", choices=[vocab.COVID, vocab.MIAS])
+    s.add_argument("dataset", choices=[vocab.COVID, vocab.MIAS, vocab.DICOM])
+    s.add_argument("--layout", choices=["imagefolder", "flat"], default="imagefolder",
+                   help="dicom: class folders, or a flat export with labels.csv")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--per-class", type=int)
     s.add_argument("--counts", help="comma-separated count per class, in the dataset's order")
@@ -360,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, choices=vocab.DATASETS)
     s.add_argument("--source", required=True, help=SOURCE_HELP)
     s.add_argument("--label", default="class", choices=vocab.LABELS)
+    s.add_argument("--labels", help=LABELS_HELP)
     s.add_argument("--test-fraction", type=float, default=configs.DEFAULT_TEST_FRACTION)
     s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
     s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)

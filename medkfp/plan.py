@@ -38,6 +38,7 @@ def plan(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
+    labels: str = "",
 ) -> dict:
     """Survey `source` and predict the run: counts, rejects, splits, balancing, leakage.
 
@@ -45,11 +46,13 @@ def plan(
     reason, kind}], classes {class: images}, splits {train|val|test: {class: images}},
     balanced_train {none|undersample|oversample|class_weight: {class: images}}, leakage
     {groups_across_splits, duplicate_files, duplicate_sets, groups} and problems: the
-    one-line messages with which a run would stop (empty when it would go on).
+    one-line messages with which a run would stop (empty when it would go on). With DICOM
+    files also dicom (conversion, de-identification) and patients {patients,
+    images_per_patient {films: patients}, splits {split: patients}, patients_across_splits}.
     Raises LayoutError / SourceError (ValueErrors) or StoreError when the source cannot be
     scanned at all.
     """
-    survey = survey_source(dataset, source, label, max_pixels, None, workers, progress)
+    survey = survey_source(dataset, source, label, max_pixels, None, workers, progress, labels)
     duplicates = survey.duplicates()
     report = {
         "dataset": dataset,
@@ -58,7 +61,7 @@ def plan(
         **counts_of(survey),
         "rejected_fraction": round(survey.rejected_fraction, 6),
         "max_rejected_fraction": max_rejected_fraction,
-        "rejects": survey.rejects,
+        "rejects": [{k: r[k] for k in ("path", "reason", "kind")} for r in survey.rejects],
         "reject_kinds": dict(Counter(r["kind"] for r in survey.rejects)),
         "ignored_reasons": dict(Counter(reason for _, reason in survey.ignored)),
         "class_names": survey.class_names,
@@ -77,7 +80,22 @@ def plan(
         "duplicate_sets": len(duplicates),
         "groups": int(sum(n > 1 for n in Counter(r["group"] for r in survey.accepted).values())),
     }
+    if survey.dicom_summary():
+        report["dicom"] = survey.dicom_summary()
+        report["patients"] = _patients(split, report["dicom"])
     report["problems"] = problems
+    return report
+
+
+def _patients(table: pd.DataFrame | None, summary: dict) -> dict:
+    """Pseudonymous patients: how many, films per patient, per split, and across splits."""
+    report = {"patients": summary["patients"], "images_per_patient": summary["images_per_patient"],
+              "splits": {}, "patients_across_splits": 0}
+    if table is None or "patient" not in table:
+        return report
+    known = table[table["patient"].fillna("") != ""]
+    report["splits"] = {s: int(known.loc[known["split"] == s, "patient"].nunique()) for s in vocab.SPLITS}
+    report["patients_across_splits"] = int((known.groupby("patient")["split"].nunique() > 1).sum())
     return report
 
 
@@ -171,6 +189,12 @@ def render(report: dict, console=None) -> None:
         f"of 2+ images kept together; {leak['duplicate_files']} file(s) in {leak['duplicate_sets']} "
         "set(s) of identical files"
     )
+    if "patients" in report:
+        patients = report["patients"]
+        films = ", ".join(f"{n} with {k}" for k, n in patients["images_per_patient"].items())
+        per_split = ", ".join(f"{s} {n}" for s, n in patients["splits"].items())
+        console.print(f"patients: {patients['patients']} ({films} film(s)); per split: {per_split}; "
+                      f"{patients['patients_across_splits']} across splits")
     for note in report["notes"]:
         console.print(f"note: {escape(note)}")
     for problem in report["problems"]:

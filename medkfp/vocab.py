@@ -15,7 +15,11 @@ from medkfp import __version__
 COVID = "covid19-radiography"
 MIAS = "mias"
 IMAGEFOLDER = "imagefolder"
-DATASETS = (COVID, MIAS, IMAGEFOLDER)
+# A flat DICOM export (any folders) with a labels table: --dataset dicom --labels FILE.csv.
+DICOM = "dicom"
+DATASETS = (COVID, MIAS, IMAGEFOLDER, DICOM)
+# The labels table --dataset dicom reads when --labels is not given: at the top of the export.
+DICOM_LABELS_FILE = "labels.csv"
 
 # Kaggle "COVID-19 Radiography Database": folder names exactly as in the download.
 COVID_ROOT = "COVID-19_Radiography_Dataset"
@@ -239,14 +243,14 @@ PODMAN_SOCKET = "/run/podman/podman.sock"
 
 
 def default_model_name(dataset: str, source: str, label: str = "class") -> str:
-    """Served model name: the dataset's, or for imagefolder the folder's name.
+    """Served model name: the dataset's, or for imagefolder and dicom the folder's name.
 
     A severity model (--label severity) answers another question than the class model of
     the same dataset, so it is served apart: "mias-severity".
     """
     if label != "class":
         return f"{default_model_name(dataset, source)}-{label}"
-    if dataset != IMAGEFOLDER:
+    if dataset not in (IMAGEFOLDER, DICOM):
         return dataset
     name = source.rstrip("/").rsplit("/", 1)[-1]
     for suffix in (".zip", ".tar.gz", ".tgz", ".tar"):

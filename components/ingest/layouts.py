@@ -10,6 +10,7 @@ the dataset's own folder inside a wrapper folder (a .zip of the download has one
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,10 +45,15 @@ class Scan:
     unlabelled: list[tuple[str, str]] = field(default_factory=list)  # rejected (path, reason)
     notes: list[str] = field(default_factory=list)  # layout findings worth a user's look
     meta_columns: tuple[str, ...] = ()  # extra manifest columns the items carry
+    # dicom: label by SOPInstanceUID, for files the labels table names by UID (their Item's
+    # label is "" until the header is read). Never written anywhere: UIDs identify.
+    labels_by_uid: dict[str, str] = field(default_factory=dict)
 
 
 # macOS, Windows and editors leave these in folders and archives; they are never data.
 SYSTEM_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
+# The index file of DICOM media (PS3.10): it lists the images beside it, it is none itself.
+DICOMDIR = "DICOMDIR"
 DOC_SUFFIXES = {".txt", ".md", ".pdf", ".html", ".htm", ".rtf", ".doc", ".docx", ".csv", ".xlsx", ".xls"}
 
 
@@ -156,9 +162,118 @@ def scan_imagefolder(source: Source, entries: list[Entry], label: str = "class")
             scan.ignored.append((entry.path, f"outside the dataset folder {root}"))
         elif len(rel.parts) == 1:
             scan.unlabelled.append((entry.path, "not inside a class folder"))
+        elif rel.name.upper() == DICOMDIR:
+            scan.ignored.append((entry.path, "DICOMDIR, the index of DICOM media"))
         else:
             scan.files.append(Item(entry.path, rel.parts[0]))
     return scan
+
+
+# --- dicom: a flat export with a labels table ---------------------------------------------------
+
+PATH_COLUMNS = ("path", "file", "filename", "file_name")
+UID_COLUMNS = ("sopinstanceuid", "sop_instance_uid")
+LABEL_COLUMNS = ("label", "class")
+
+
+def scan_dicom(source: Source, entries: list[Entry], label: str = "class", labels: str = "") -> Scan:
+    """A DICOM export in any folders, labelled by a table: path or SOPInstanceUID, and label.
+
+    `labels` is the table: an s3:// URI, a local file, or a path inside the source (default
+    labels.csv at its top). Paths in it are relative to the source (or to the table's folder).
+    Files the table names by path get their label now; the rest wait for their header's
+    SOPInstanceUID (Scan.labels_by_uid). Raises LayoutError for a missing or unusable table.
+    """
+    table_path, text = _read_labels_table(source, entries, labels)
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LayoutError(f"cannot read the labels table {labels or table_path}: {e}") from None
+    columns = {c.strip().lower(): c for c in table.columns}
+    path_col = next((columns[c] for c in PATH_COLUMNS if c in columns), None)
+    uid_col = next((columns[c] for c in UID_COLUMNS if c in columns), None)
+    label_col = next((columns[c] for c in LABEL_COLUMNS if c in columns), None)
+    if label_col is None or (path_col is None and uid_col is None):
+        raise LayoutError(
+            f"the labels table {labels or table_path} has columns {', '.join(table.columns) or '(none)'}: "
+            "it needs a path (or SOPInstanceUID) column and a label column"
+        )
+    paths = {e.path for e in entries}
+    base = _folder(table_path) if table_path else ""
+    by_path: dict[str, str] = {}
+    by_uid: dict[str, str] = {}
+    missing = unlabelled_rows = 0
+    for row in table.to_dict("records"):
+        value = str(row.get(label_col, "")).strip()
+        path = _clean_path(row.get(path_col, "")) if path_col else ""
+        uid = str(row.get(uid_col, "")).strip() if uid_col else ""
+        if not value:
+            unlabelled_rows += 1
+        elif path:
+            found = next((p for p in (path, _join(base, path)) if p in paths), None)
+            if found is None:
+                missing += 1
+            else:
+                by_path.setdefault(found, value)
+        elif uid:
+            by_uid.setdefault(uid, value)
+    class_names = sorted(set(by_path.values()) | set(by_uid.values()))
+    if len(class_names) < 2:
+        raise LayoutError(
+            f"the labels table {labels or table_path} names {len(class_names)} class(es) for files of "
+            f"{source.uri}: a dicom source needs at least two classes"
+        )
+    scan = Scan(root="", class_names=class_names, labels_by_uid=by_uid)
+    if missing:
+        scan.notes.append(f"the labels table lists {missing} path(s) with no file in the source")
+    if unlabelled_rows:
+        scan.notes.append(f"the labels table has {unlabelled_rows} row(s) with no label")
+    for entry in entries:
+        name = PurePosixPath(entry.path).name
+        if entry.path == table_path:
+            scan.ignored.append((entry.path, "the labels table"))
+        elif is_hidden(entry.path):
+            scan.ignored.append((entry.path, "hidden or system file"))
+        elif name.upper() == DICOMDIR:
+            scan.ignored.append((entry.path, "DICOMDIR, the index of DICOM media"))
+        elif entry.path in by_path:
+            scan.files.append(Item(entry.path, by_path[entry.path]))
+        elif PurePosixPath(name).suffix.lower() in DOC_SUFFIXES or name.upper().startswith(("README", "LICEN")):
+            scan.ignored.append((entry.path, "documentation"))
+        elif by_uid:
+            scan.files.append(Item(entry.path, ""))  # labelled once its SOPInstanceUID is read
+        else:
+            scan.unlabelled.append((entry.path, "no row in the labels table for this file"))
+    return scan
+
+
+def _read_labels_table(source: Source, entries: list[Entry], labels: str) -> tuple[str, str]:
+    """(path of the table inside the source or "", its text). Raises LayoutError."""
+    if labels.startswith("s3://"):
+        from medkfp.store import StoreError, open_uri
+
+        try:
+            store, key = open_uri(labels)
+            return "", store.get_text(key)
+        except StoreError as e:
+            raise LayoutError(f"cannot read the labels table {labels}: {e}") from None
+    if labels and Path(labels).is_file():
+        return "", Path(labels).read_text(encoding="utf-8-sig")
+    inside = _clean_path(labels or vocab.DICOM_LABELS_FILE)
+    if inside not in {e.path for e in entries}:
+        raise LayoutError(
+            f"no labels table {labels or vocab.DICOM_LABELS_FILE} for {source.uri}: give --labels FILE.csv "
+            "(a path or SOPInstanceUID column and a label column), or put labels.csv at the top of the export"
+        )
+    return inside, _read_text(source, inside).lstrip("\ufeff")
+
+
+def _clean_path(value) -> str:
+    """A table's path as a source path: '/'-separated, no './' or leading '/'."""
+    parts = [p for p in PurePosixPath(str(value).strip().replace("\\", "/")).parts if p not in ("/", ".")]
+    return "/".join(parts)
 
 
 # --- mini-MIAS ----------------------------------------------------------------------------------
@@ -350,11 +465,14 @@ def _read_text(source: Source, path: str) -> str:
 
 # --- dispatch ------------------------------------------------------------------------------------
 
-LAYOUTS = {vocab.COVID: scan_covid, vocab.MIAS: scan_mias, vocab.IMAGEFOLDER: scan_imagefolder}
+LAYOUTS = {vocab.COVID: scan_covid, vocab.MIAS: scan_mias, vocab.IMAGEFOLDER: scan_imagefolder,
+           vocab.DICOM: scan_dicom}
 
 
-def scan_layout(dataset: str, source: Source, label: str = "class") -> Scan:
-    """Scan an open source with the layout of `dataset`. Raises LayoutError."""
+def scan_layout(dataset: str, source: Source, label: str = "class", labels: str = "") -> Scan:
+    """Scan an open source with the layout of `dataset` (`labels`: dicom's labels table).
+
+    Raises LayoutError."""
     if dataset not in LAYOUTS:
         raise LayoutError(f"unknown dataset {dataset!r}: use one of {', '.join(LAYOUTS)}")
     if label not in vocab.LABELS:
@@ -366,6 +484,10 @@ def scan_layout(dataset: str, source: Source, label: str = "class") -> Scan:
         raise LayoutError(
             f"source {source.uri} holds no files: give the folder, archive or prefix of the download"
         )
+    if labels and dataset != vocab.DICOM:
+        raise LayoutError(f"--labels needs --dataset {vocab.DICOM}: {dataset} takes its labels from its layout")
+    if dataset == vocab.DICOM:
+        return scan_dicom(source, entries, label, labels)
     return LAYOUTS[dataset](source, entries, label)
 
 
@@ -380,11 +502,11 @@ def opened_source(source: str | Path) -> Iterator[Source]:
         yield opened
 
 
-def scan_source(dataset: str, source: str | Path, label: str = "class") -> Scan:
+def scan_source(dataset: str, source: str | Path, label: str = "class", labels: str = "") -> Scan:
     """Open `source` (folder, archive or s3:// prefix) and scan it with the layout of `dataset`.
 
     Used for fail-fast checks before a run. Raises LayoutError for a wrong layout or a
     missing or unopenable source, StoreError for an S3 endpoint that cannot be used.
     """
     with opened_source(source) as opened:
-        return scan_layout(dataset, opened, label)
+        return scan_layout(dataset, opened, label, labels)

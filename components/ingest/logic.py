@@ -2,8 +2,13 @@
 
 Nothing found is lost: every file is accepted, rejected with a reason, or ignored with a
 reason (masks, metadata), and found = accepted + rejected. Files with identical content
-are reported and share a leakage group with each other (and MIAS films with their pair),
-so the split keeps them in one split.
+are reported and share a leakage group with each other (and MIAS films with their pair,
+DICOM films with their patient's other films), so the split keeps them in one split.
+
+DICOM files (a .dcm name or the DICM preamble) are converted and de-identified by
+medkfp.dicom before anything is uploaded: the store gets the windowed 8-bit PNG, the
+manifest the patient and study pseudonyms and a few technical attributes, and file names
+lose any value the de-identification removed from their header.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from medkfp import vocab
+from medkfp import dicom, vocab
 from medkfp.components.ingest.images import DEFAULT_MAX_PIXELS, Rejection, check_image
 from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
 from medkfp.components.ingest.parallel import DEFAULT_WORKERS, bounded_map, progress_bar
@@ -42,6 +47,8 @@ class Survey:
     notes: list[str] = field(default_factory=list)
     meta_columns: tuple[str, ...] = ()
 
+    labels_by_uid: dict[str, str] = field(default_factory=dict, repr=False)  # never stored
+
     @property
     def found(self) -> int:
         return len(self.accepted) + len(self.rejects)
@@ -53,6 +60,27 @@ class Survey:
     def class_counts(self) -> dict[str, int]:
         counts = Counter(r["label"] for r in self.accepted)
         return {c: int(counts[c]) for c in self.class_names}
+
+    def dicom_summary(self) -> dict | None:
+        """How the DICOM files were converted and de-identified (None when there were none)."""
+        converted = [r for r in self.accepted if r.get("format") == dicom.FORMAT]
+        rejected = [r for r in self.rejects if r.get("dicom")]
+        if not converted and not rejected:
+            return None
+        per_patient = Counter(r["patient"] for r in converted if r.get("patient"))
+        return {
+            "images": len(converted),
+            "rejected": len(rejected),
+            "patients": len(per_patient),
+            "images_per_patient": {str(k): v for k, v in sorted(Counter(per_patient.values()).items())},
+            "grouped_by_study_only": sum(1 for r in converted if not r.get("patient") and r.get("study")),
+            "ungrouped": sum(1 for r in converted if not r.get("patient") and not r.get("study")),
+            "windowing": dict(Counter(r["windowing"] for r in converted)),
+            "photometric": dict(Counter(r["photometric"] for r in converted)),
+            "conversion": dicom.WINDOWING,
+            "deidentification": dicom.PROFILE_NAME,
+            "pseudonym_salt": dicom.salt_source(),
+        }
 
     def duplicates(self) -> list[dict]:
         """Sets of accepted files with identical content: {sha256, paths, labels}."""
@@ -78,11 +106,12 @@ def survey_source(
     keep=None,
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
+    labels: str = "",
 ) -> Survey:
     """Scan `source` with the dataset's layout and decode-check every candidate file.
 
     Args:
-        dataset, source, label: as for ingest.
+        dataset, source, label, labels: as for ingest.
         max_pixels: images over this many pixels are rejected (decompression-bomb guard).
         keep: called as keep(record, data) for each accepted file, in a worker thread
             (ingest uploads there, so each file is read once).
@@ -93,37 +122,52 @@ def survey_source(
     Raises LayoutError (a ValueError) or StoreError.
     """
     with opened_source(source) as opened:
-        scan = scan_layout(dataset, opened, label)
+        scan = scan_layout(dataset, opened, label, labels)
         survey = Survey(dataset, str(source), label, scan.class_names, ignored=scan.ignored,
-                        notes=list(scan.notes), meta_columns=scan.meta_columns)
+                        notes=list(scan.notes), meta_columns=scan.meta_columns,
+                        labels_by_uid=scan.labels_by_uid)
         survey.rejects += [_reject(p, r, "unlabelled") for p, r in scan.unlabelled]
         survey.rejects += [_reject(p, r, "unreadable") for p, r in opened.unlisted]
         items = {item.path: item for item in scan.files}
 
         def inspect(pair):
             path, loader = pair
-            return _inspect(items[path], loader, max_pixels, keep)
+            return _inspect(items[path], loader, max_pixels, keep, scan.labels_by_uid)
 
         with progress_bar(progress, f"checking {len(items)} files", len(items)) as advance:
             for record, rejection, path in bounded_map(inspect, opened.loaders(list(items)), workers):
                 if rejection:
                     survey.rejects.append(_reject(path, rejection.reason, rejection.kind))
+                    if isinstance(rejection, DicomRejection):
+                        survey.rejects[-1]["dicom"] = True
                 else:
                     survey.accepted.append(record)
                 advance()
-    survey.accepted.sort(key=lambda r: r["path"])
+    survey.accepted.sort(key=lambda r: (r["path"], r["id"]))
     survey.rejects.sort(key=lambda r: r["path"])
+    if any(r.get("format") == dicom.FORMAT for r in survey.accepted):
+        survey.meta_columns += tuple(c for c in dicom.COLUMNS if c not in survey.meta_columns)
     assign_groups(survey.accepted)
     return survey
 
 
-def _inspect(item: Item, loader, max_pixels: int, keep) -> tuple[dict | None, Rejection | None, str]:
+@dataclass(frozen=True)
+class DicomRejection(Rejection):
+    """The rejection of a DICOM file (counted in the ingest summary's dicom block)."""
+
+
+def _inspect(item: Item, loader, max_pixels: int, keep, labels_by_uid=None
+             ) -> tuple[dict | None, Rejection | None, str]:
     """Read and check one file; returns (manifest row, None, path) or (None, why, path)."""
     try:
         data = loader()
     except UnreadableFile as e:
         reason = str(e) if e.kind != "unreadable" else f"unreadable ({e})"
         return None, Rejection(e.kind, reason), item.path
+    if dicom.is_dicom(data, item.path):
+        return _inspect_dicom(item, data, max_pixels, keep, labels_by_uid or {})
+    if not item.label:  # the labels table names it by a SOPInstanceUID, which only DICOM has
+        return None, Rejection("unlabelled", "not DICOM, so no SOPInstanceUID to find in the labels table"), item.path
     info, rejection = check_image(data, max_pixels)
     if rejection:
         return None, rejection, item.path
@@ -136,6 +180,36 @@ def _inspect(item: Item, loader, max_pixels: int, keep) -> tuple[dict | None, Re
     if keep is not None:
         keep(record, data)
     return record, None, item.path
+
+
+def _inspect_dicom(item: Item, data: bytes, max_pixels: int, keep, labels_by_uid: dict
+                   ) -> tuple[dict | None, Rejection | None, str]:
+    """Convert and de-identify one DICOM file: the PNG is what gets kept and uploaded.
+
+    Its path and reasons lose every header value the de-identification removed; the label
+    comes from the layout, else from the labels table by the header's SOPInstanceUID.
+    """
+    try:
+        image = dicom.convert(data, item.path, max_pixels=max_pixels)
+    except dicom.DicomRejected as e:
+        # Only a decoder's own words can quote the header; the other reasons are medkfp's.
+        reason = dicom.scrub_text(e.reason, e.scrub) if e.kind in dicom.DECODER_KINDS else e.reason
+        return None, DicomRejection(e.kind, reason), dicom.scrub_text(item.path, e.scrub)
+    path = image.scrubbed(item.path)
+    label = item.label or labels_by_uid.get(image.sop_instance_uid, "")
+    if not label:
+        return None, DicomRejection("unlabelled", "no row in the labels table for this file's SOPInstanceUID"), path
+    record = {
+        "id": image_id(item.path), "path": path, "label": label,
+        # The pseudonymous patient is the leakage group; the study when the header has no patient.
+        "group": item.group or image.columns["patient"] or image.columns["study"] or None,
+        "suffix": ".png", "sha256": hashlib.sha256(image.png).hexdigest(), "bytes": len(image.png),
+        "width": image.width, "height": image.height, "mode": "L", "format": dicom.FORMAT,
+        **item.meta, **image.columns,
+    }
+    if keep is not None:
+        keep(record, image.png)
+    return record, None, path
 
 
 def _reject(path: str, reason: str, kind: str) -> dict:
@@ -187,6 +261,7 @@ def ingest(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
+    labels: str = "",
 ) -> dict:
     """Scan `source`, check every file, upload accepted images, write manifest and rejects.
 
@@ -197,10 +272,13 @@ def ingest(
         label: "class", or "severity" (mias: normal / benign / malignant).
         max_rejected_fraction: fail when more of the files found are rejected.
         max_pixels: pixel limit per image.
+        labels: dicom: the labels table (s3:// URI, local file or path in the source;
+            default labels.csv at the top of the source).
 
     Returns the ingest summary: store, keys of the manifest, rejects and ignored CSVs,
     class names and counts (found = accepted + rejected), every reject {path, reason},
-    duplicate sets and layout notes.
+    duplicate sets, layout notes and, when DICOM files were found, the dicom block
+    (conversion, de-identification, patients).
     Raises LayoutError for a source without the dataset's layout, ValueError for too many
     rejects or a class without images, StoreError for the store.
     """
@@ -211,7 +289,7 @@ def ingest(
     def upload(record: dict, data: bytes) -> None:
         store.put_bytes(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
 
-    survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress)
+    survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress, labels)
     keys = {n: vocab.run_key(run_id, "ingest", f"{n}.csv") for n in ("manifest", "rejects", "ignored")}
     rejects = pd.DataFrame(survey.rejects, columns=REJECT_COLUMNS)
     store.put_text(keys["rejects"], rejects.to_csv(index=False))
@@ -221,7 +299,7 @@ def ingest(
     check_every_class(survey)
     columns = MANIFEST_COLUMNS + list(survey.meta_columns)
     store.put_text(keys["manifest"], pd.DataFrame(survey.accepted, columns=columns).to_csv(index=False))
-    return {
+    summary = {
         "dataset": dataset,
         "source": str(source),
         "label": label,
@@ -233,12 +311,19 @@ def ingest(
         "ignored_key": keys["ignored"],
         "counts": counts_of(survey),
         "class_counts": survey.class_counts(),
-        "rejects": survey.rejects,
+        "rejects": [_public(r) for r in survey.rejects],
         "reject_kinds": dict(Counter(r["kind"] for r in survey.rejects)),
         "ignored_reasons": dict(Counter(reason for _, reason in survey.ignored)),
         "duplicates": survey.duplicates(),
         "notes": survey.notes,
     }
+    if survey.dicom_summary():
+        summary["dicom"] = survey.dicom_summary()
+    return summary
+
+
+def _public(reject: dict) -> dict:
+    return {k: reject[k] for k in REJECT_COLUMNS}
 
 
 def counts_of(survey: Survey) -> dict[str, int]:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medkfp import vocab
+from medkfp.dicom import windowing_statement
 from medkfp.components.evaluate.report import comparison_report, write_html
 from medkfp.model_repository import ModelRepository
 from medkfp.store import open_store
@@ -127,6 +128,7 @@ def model_card(model_name: str, version: int, metadata: dict) -> str:
 - Dataset: {metadata['dataset']} (run {metadata['run_id']})
 - Candidate: {candidate['name']} ({config})
 - Trained on: {', '.join(metadata.get('devices') or ['unknown'])}
+- Windowing: {metadata.get('windowing') or 'none: the training images were PNG/JPEG/PGM files, used as they are'}
 - Test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f},
   macro-F1 {metrics['macro_f1']:.4f}, macro ROC-AUC {'n/a' if roc is None else f'{roc:.4f}'}
 - Pushed because: {metadata['gate']['reason']}
@@ -213,6 +215,7 @@ def push(
             "devices": best["devices"],
             "accelerator": best.get("accelerator"),
             "selection_metric": metric,
+            "windowing": windowing_statement(ingest_summary.get("dicom")),
             "gate": gate,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
