@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from google.protobuf import any_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -45,6 +47,7 @@ from medkfp.model_repository import (
     desired_versions,
     read_signature_defs,
 )
+from medkfp.serving.batching import Batcher, BatcherClosed, BatchingParameters, QueueFull
 from medkfp.serving.sync import fetch_version
 from medkfp.store import Store, StoreError, open_store
 
@@ -54,6 +57,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_WORKERS = 8
 DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_MAX_BATCH = 256
+MAX_BATCHING_WORKERS = 64
 # A version that failed to load is retried after this long, not on every poll: versions are
 # immutable, so most failures repeat, and each retry downloads the whole SavedModel again.
 RETRY_FAILED_AFTER = 60.0
@@ -490,17 +494,33 @@ def _tf_message(message: str) -> str:
     return " ".join(" ".join(kept).split(" [Op:")[0].split())
 
 
-def _run(fn, arrays: dict, where: str) -> dict[str, tf.Tensor]:
-    """Call a signature; an input it cannot process (e.g. bytes that are no image) is the
-    caller's error, INVALID_ARGUMENT, not the server's."""
+def _run(fn, arrays: dict, where: str) -> dict[str, np.ndarray]:
+    """Call a signature on numpy inputs; returns its outputs as numpy arrays.
+
+    An input it cannot process (e.g. bytes that are no image) is the caller's error,
+    RpcError(INVALID_ARGUMENT), not the server's.
+    """
     specs = fn.structured_input_signature[1]
     tensors = {key: tf.constant(array, dtype=specs[key].dtype) for key, array in arrays.items()}
     try:
-        return fn(**tensors)
+        outputs = fn(**tensors)
     except tf.errors.InvalidArgumentError as e:
         raise RpcError(
             grpc.StatusCode.INVALID_ARGUMENT, f"{where} cannot process the input: {_tf_message(e.message)}"
         ) from None
+    return {key: value.numpy() for key, value in outputs.items()}
+
+
+def _tensor_proto(array: np.ndarray):
+    """A numpy output as a TensorProto: bytes copied straight into tensor_content for numeric
+    types (tf.make_tensor_proto's generic path costs more than the copy), string_val for
+    strings."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(dtype=tf.dtypes.as_dtype(array.dtype).as_datatype_enum)
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape)
+    proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    return proto
 
 
 def _select_outputs(outputs: dict, output_filter, where: str) -> list[str]:
@@ -519,9 +539,23 @@ def _select_outputs(outputs: dict, output_filter, where: str) -> list[str]:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata over the manager's loaded models."""
 
-    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None):
+    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None,
+                 batcher: Batcher | None = None):
         self.manager = manager
         self.limits = limits or RequestLimits()
+        self.batcher = batcher
+
+    def _predict(self, loaded: LoadedVersion, signature_name: str, fn, arrays: dict, where: str) -> dict:
+        """Run one request's (already validated) inputs, through the batcher when there is one."""
+        if self.batcher is None:
+            return _run(fn, arrays, where)
+        # A batch runs on one loaded version object: after a hot swap, requests holding the
+        # old and the new set of models never share a batch, even for the same number.
+        key = (loaded.name, loaded.version, signature_name, id(fn))
+        try:
+            return self.batcher.run(key, functools.partial(_run, fn, where=where), arrays)
+        except (QueueFull, BatcherClosed) as e:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, f"{where}: {e}") from None
 
     @_rpc
     def Predict(self, request, context):
@@ -531,13 +565,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         where = f"model {loaded.name} version {loaded.version} signature {signature_name!r}"
         arrays = _convert_inputs(request.inputs, fn, where)
         _check_limits(arrays, self.limits, where)
-        outputs = _run(fn, arrays, where)
+        outputs = self._predict(loaded, signature_name, fn, arrays, where)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.name
         response.model_spec.version.value = loaded.version
         response.model_spec.signature_name = signature_name
         for key in _select_outputs(outputs, request.output_filter, where):
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+            response.outputs[key].CopyFrom(_tensor_proto(outputs[key]))
         return response
 
     @_rpc
@@ -649,6 +683,7 @@ class ModelServer:
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         limits: RequestLimits | None = None,
+        batching: BatchingParameters | None = None,
     ):
         self.store_uri = store_uri
         self.host = host
@@ -658,6 +693,8 @@ class ModelServer:
         self.max_workers = max_workers
         self.max_message_bytes = max_message_bytes
         self.limits = limits or RequestLimits()
+        self.batching = batching
+        self.batcher: Batcher | None = None
         self.port: int | None = None
         self.manager: ModelManager | None = None
         self._grpc: grpc.Server | None = None
@@ -684,6 +721,8 @@ class ModelServer:
             self._grpc = server
         except BaseException:
             self.manager.close()
+            if self.batcher is not None:
+                self.batcher.close()
             raise
         self.manager.start_polling(self.poll_interval)
         log.info("model server listening on %s", _address(self.host, self.port))
@@ -696,12 +735,19 @@ class ModelServer:
             # Without this a second server could silently share the port with a first one.
             ("grpc.so_reuseport", 0),
         ]
+        workers = self.max_workers
+        if self.batching is not None:
+            self.batcher = Batcher(self.batching)
+            # A request thread waits while its batch forms: enough of them to fill a batch,
+            # or batches could never grow past the thread count.
+            workers = max(workers, min(self.batching.max_batch_size, MAX_BATCHING_WORKERS))
+            log.info("batching: %s", self.batching)
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="medkfp-grpc"),
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medkfp-grpc"),
             options=options,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager, self.limits), server
+            PredictionServicer(self.manager, self.limits, self.batcher), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(self.manager), server)
         address = _address(self.host, self.requested_port)
@@ -720,6 +766,9 @@ class ModelServer:
             self._grpc.stop(grace).wait()
             self._grpc = None
             log.info("model server on %s stopped", _address(self.host, self.port))
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
         if self.manager is not None:
             self.manager.close()
 
@@ -739,15 +788,17 @@ def start_server(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     limits: RequestLimits | None = None,
+    batching: BatchingParameters | None = None,
 ) -> ModelServer:
     """Start a server in this process without blocking; port 0 picks a free port.
 
     `store_uri` is a store URI or a Store (e.g. a serving-sync MirrorStore). Returns the
     started ModelServer (`.port` is the bound port; call `.stop()` or use it as a context
-    manager). Raises StoreError or ServeError like ModelServer.start().
+    manager). `batching` turns on server-side batching (medkfp.serving.batching). Raises
+    StoreError or ServeError like ModelServer.start().
     """
     return ModelServer(
-        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes, limits
+        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes, limits, batching
     ).start()
 
 
@@ -776,6 +827,7 @@ def serve(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     limits: RequestLimits | None = None,
+    batching: BatchingParameters | None = None,
 ) -> None:
     """Serve the store's models until SIGINT/SIGTERM (or `stop_event`), then stop gracefully.
 
@@ -787,7 +839,7 @@ def serve(
     configure_logging()
     stop = stop_event or threading.Event()
     server = start_server(
-        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes, limits
+        store_uri, port, host, cache_dir, poll_interval, max_workers, max_message_bytes, limits, batching
     )
     try:
         with stop_on_signals(stop):
