@@ -185,7 +185,11 @@ def cmd_serve(args) -> None:
     from medkfp.serving.server import RequestLimits, serve
     from medkfp.serving.tfserving import TF_SERVING, choose_engine, serve_with_tfserving
 
+    batching = _batching_parameters(args)
     if choose_engine(args.engine) == TF_SERVING:
+        if batching is not None:
+            raise UsageError("--enable-batching is for the built-in server (--engine builtin); TF Serving "
+                             "takes --enable_batching and --batching_parameters_file itself")
         model_dir = args.model_dir or vocab.DEFAULT_SERVING_DIR
         serve_with_tfserving(args.store, model_dir, port=args.port, poll_interval=args.poll)
         return
@@ -199,8 +203,28 @@ def cmd_serve(args) -> None:
     serve(
         source, port=args.port, host=args.host, poll_interval=args.poll,
         limits=RequestLimits(args.max_image_pixels, args.max_batch),
-        max_message_bytes=args.max_request_mb * 1024 * 1024,
+        max_message_bytes=args.max_request_mb * 1024 * 1024, batching=batching,
     )
+
+
+BATCHING_FLAGS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+
+
+def _batching_parameters(args):
+    """serve's batching flags -> BatchingParameters (file first, flags over it), or None when
+    batching is off. Raises UsageError for a batching flag without --enable-batching."""
+    from medkfp.serving.batching import BatchingParameters, read_batching_parameters
+
+    given = {name: getattr(args, name) for name in BATCHING_FLAGS if getattr(args, name) is not None}
+    if not args.enable_batching:
+        if given or args.batching_parameters_file:
+            flag = "--" + (next(iter(given)) if given else "batching_parameters_file").replace("_", "-")
+            raise UsageError(f"{flag} needs --enable-batching")
+        return None
+    base = BatchingParameters()
+    if args.batching_parameters_file:
+        base = read_batching_parameters(args.batching_parameters_file)
+    return BatchingParameters(**{**base.__dict__, **given})
 
 
 def cmd_serving_sync(args) -> None:
@@ -426,6 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in: largest image (width x height) accepted, read from its header")
     s.add_argument("--max-batch", type=int, default=256, help="built-in: most images per request")
     s.add_argument("--max-request-mb", type=int, default=64, help="built-in: largest request message")
+    s.add_argument("--enable-batching", action="store_true",
+                   help="built-in: run concurrent requests for one model version and signature as one batch")
+    s.add_argument("--batching-parameters-file",
+                   help="built-in: TF Serving's BatchingParameters text file (the flags below override it)")
+    s.add_argument("--max-batch-size", type=int, help="batching: most images per batch (default 32)")
+    s.add_argument("--batch-timeout-micros", type=int,
+                   help="batching: longest wait for a batch to fill, in microseconds (default 5000)")
+    s.add_argument("--max-enqueued-batches", type=int,
+                   help="batching: batches that may wait; beyond, requests get UNAVAILABLE (default 100)")
+    s.add_argument("--num-batch-threads", type=int, help="batching: batches run at once (default 2)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("serving-sync", help="mirror models.config and its versions for TF Serving")

@@ -17,6 +17,7 @@ import tensorflow as tf
 from medkfp import vocab
 from medkfp.components.balance.logic import read_repeats
 from medkfp.components.train.checkpoints import StoreCheckpoint
+from medkfp.components.train.data import train_pipeline
 from medkfp.components.train.devices import setup_devices
 from medkfp.components.train.models import build_model
 from medkfp.imaging import export_serving_model
@@ -228,9 +229,13 @@ def train(
         checkpoint = StoreCheckpoint(
             store, vocab.candidate_key(run_id, spec.name, "checkpoints"), *schedule_callbacks()
         )
+        # Batched parse, parallel decode, decoded images cached when they fit (data.py).
+        train_ds, input_pipeline = train_pipeline(
+            train_paths, repeats, image_size, spec.batch_size, seed, cache_dir=tmp
+        )
         resumed_from = fit_resuming(
             model, spec, checkpoint,
-            train_dataset(train_paths, repeats, image_size, spec.batch_size, seed),
+            train_ds,
             eval_dataset(val_paths, image_size, spec.batch_size, splits["val"]["count"]),
             class_weight, callbacks,
         )
@@ -254,4 +259,5 @@ def train(
         "train_examples": int(sum(repeats.values())),
         "devices": accelerator["devices"],
         "accelerator": accelerator,
+        "input_pipeline": input_pipeline,
     }

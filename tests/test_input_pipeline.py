@@ -1,0 +1,125 @@
+"""The train step's input pipeline: the same balanced examples as the per-example pipeline it
+replaced, every cache choice, and the choice recorded; parallel uploads of ingest."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from training_helpers import prepare_shapes, quick_candidate
+
+from medkfp.components.balance.logic import read_repeats
+from medkfp.components.ingest.parallel import UploadError, upload_all
+from medkfp.components.train import data
+from medkfp.components.train import logic as train_logic
+from medkfp.components.train.logic import download_shards, train
+from medkfp.store import open_store
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """(prepared run, local train shard paths, oversampled repeats) of a small shapes set."""
+    root = tmp_path_factory.mktemp("pipeline")
+    prepared = prepare_shapes(root, per_class=12, size=SIZE)
+    balanced = prepared.balanced("oversample")
+    table = read_repeats(prepared.store.uri, balanced)
+    repeats = dict(zip(table["id"], table["repeat"].astype(int)))
+    (root / "local").mkdir()
+    paths = download_shards(prepared.store, prepared.dataset["splits"]["train"]["shards"], root / "local")
+    return prepared, paths, repeats
+
+
+def examples_of(ds: tf.data.Dataset) -> Counter:
+    """Multiset of (label, image) over one pass; an image counts the same as its mirror image,
+    since the pipelines flip at random."""
+    seen: Counter = Counter()
+    for images, labels in ds:
+        assert images.dtype == tf.float32 and images.shape[1:] == (SIZE, SIZE, 3)
+        for image, label in zip(images.numpy().astype(np.uint8), labels.numpy()):
+            key = min(image.tobytes(), image[:, ::-1].tobytes())
+            seen[(int(label), hashlib.sha256(key).hexdigest())] += 1
+    return seen
+
+
+@pytest.mark.parametrize("cache", ["none", "memory", "disk"])
+def test_new_pipeline_gives_the_examples_of_the_per_example_one(shards, cache, tmp_path):
+    _, paths, repeats = shards
+    before = examples_of(train_logic.train_dataset(paths, repeats, SIZE, 8, seed=1))
+    assert sum(before.values()) == sum(repeats.values()) > len(repeats)  # oversampled: repeats
+    ds = data.train_input(paths, repeats, SIZE, 8, seed=1, cache=cache, cache_dir=tmp_path)
+    assert examples_of(ds) == before
+    if cache != "none":  # the second pass reads the cache: the same examples again
+        assert examples_of(ds) == before
+    if cache == "disk":
+        assert any(p.name.startswith("train-decoded") for p in tmp_path.iterdir())
+
+
+def test_zero_repeats_drop_examples_and_repeat_mode_is_endless(shards):
+    _, paths, repeats = shards
+    kept = dict(list(repeats.items())[: len(repeats) // 2]) | {k: 0 for k in list(repeats)[len(repeats) // 2:]}
+    ds = data.train_input(paths, kept, SIZE, 4, seed=0, cache="memory")
+    assert sum(examples_of(ds).values()) == sum(kept.values())
+    endless = data.train_input(paths, kept, SIZE, 4, seed=0, repeat=True)
+    assert endless.cardinality() == tf.data.INFINITE_CARDINALITY
+    assert len(list(endless.take(3 * len(kept)))) == 3 * len(kept)
+
+
+def test_cache_is_chosen_from_split_size_memory_and_disk(tmp_path):
+    image = 224 * 224 * 3
+    gib = 2**30
+    assert data.choose_cache(10_000, 224, tmp_path, memory_bytes=8 * gib, disk_bytes=gib)["cache"] == "memory"
+    on_disk = data.choose_cache(10_000, 224, tmp_path, memory_bytes=gib, disk_bytes=8 * gib)
+    assert on_disk["cache"] == "disk" and on_disk["decoded_bytes"] == 10_000 * image
+    assert data.choose_cache(10_000, 224, tmp_path, memory_bytes=gib, disk_bytes=gib)["cache"] == "none"
+    assert data.choose_cache(10_000, 224, None, memory_bytes=gib, disk_bytes=8 * gib)["cache"] == "none"
+    assert data.choose_cache(10, 224, tmp_path, cache="none")["reason"] == "asked for"
+    with pytest.raises(ValueError, match="unknown input cache 'ram': use one of auto, memory"):
+        data.choose_cache(10, 224, tmp_path, cache="ram")
+    assert 0 < data.available_memory_bytes()
+    assert data.FEATURES == train_logic.FEATURES  # one schema, as preprocess writes it
+
+
+def test_train_summary_records_the_input_pipeline(shards):
+    prepared, _, _ = shards
+    trained = train(prepared.dataset, prepared.balanced(), quick_candidate(epochs=1))
+    pipeline = trained["input_pipeline"]
+    assert pipeline["cache"] == "memory"  # a few dozen 16 px images fit anywhere
+    assert pipeline["examples"] == prepared.dataset["splits"]["train"]["count"]
+    assert pipeline["decoded_bytes"] == pipeline["examples"] * SIZE * SIZE * 3
+
+
+# --- ingest's parallel uploads -----------------------------------------------------------------
+
+
+def test_parallel_uploads_put_every_object_once(s3_env):
+    store = open_store("s3://medkfp-uploads")
+    calls: Counter = Counter()
+    put = store.put_bytes
+
+    def counted(key, blob):
+        calls[key] += 1
+        put(key, blob)
+
+    items = [(f"up/{i:03d}.bin", bytes([i % 256]) * (100 + i)) for i in range(120)]
+    assert upload_all(counted, items, workers=8) == len(items)
+    assert set(calls.values()) == {1} and len(calls) == len(items)
+    assert sorted(store.list_keys("up/")) == [k for k, _ in items]
+    assert store.get_bytes("up/007.bin") == items[7][1]
+
+
+def test_parallel_upload_failures_are_reported_by_key(local_store):
+    def flaky(key, blob):
+        if key.endswith("3"):
+            raise OSError(f"disk full writing {key}")
+        local_store.put_bytes(key, blob)
+
+    items = [(f"k{i}", b"x") for i in range(20)]
+    with pytest.raises(UploadError, match=r"2 of 20 uploads failed \(first: k3: disk full") as e:
+        upload_all(flaky, items, workers=4)
+    assert sorted(e.value.failed) == ["k13", "k3"]
+    assert len(local_store.list_keys()) == 18
