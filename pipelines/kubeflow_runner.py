@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ DEFAULT_EXPERIMENT = "Default"
 HEALTH_TIMEOUT = (5.0, 10.0)
 DEFAULT_WAIT_TIMEOUT = 24 * 3600
 WAIT_POLL_SECONDS = 5
+FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
 # A scheduled run never overlaps the previous one of its schedule, and missed runs are not caught up:
 # each run retrains on the newest data, so one run after an outage is enough.
 MAX_CONCURRENCY = 1
@@ -468,14 +470,23 @@ class KubeflowRunner:
     def wait(self, run_id: str, timeout: float = DEFAULT_WAIT_TIMEOUT,
              poll: float = WAIT_POLL_SECONDS) -> str:
         """Follow a run until it ends; returns "SUCCEEDED". Raises KfpError when it ends otherwise
-        (FAILED, CANCELED, ...) or is still running after `timeout` seconds."""
-        try:
+        (FAILED, CANCELED, SKIPPED) or is still running after `timeout` seconds.
+
+        Polls get_run rather than kfp.Client.wait_for_run_completion, which does not count CANCELED
+        as an end and would wait out the whole timeout for a run cancelled in the UI.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
             with self.api(f"follow run {run_id}"):
-                run = self.client.wait_for_run_completion(run_id, timeout=timeout, sleep_duration=poll)
-        except TimeoutError:
-            raise KfpError(f"run {run_id} is still running after {timeout:.0f} s: follow it at "
-                           f"{self.run_url(run_id)}") from None
-        state = str(run.state or "UNKNOWN")
+                run = self.client.get_run(run_id)
+            state = str(run.state or "")
+            if state in FINAL_STATES:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KfpError(f"run {run_id} is still {state or 'pending'} after {timeout:.0f} s: follow it "
+                               f"at {self.run_url(run_id)}")
+            time.sleep(min(poll, left))
         if state != "SUCCEEDED":
             why = f" ({run.error.message})" if run.error is not None and run.error.message else ""
             raise KfpError(f"run {run_id} ended {state}{why}: the failed step's logs are at "

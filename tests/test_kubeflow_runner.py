@@ -145,6 +145,10 @@ def test_wait_exits_non_zero_when_the_run_fails(capsys, kfp_api):
     assert "FAILED" in line and "/#/runs/details/" in line
     assert "/#/runs/details/" in out  # the link was printed before following the run
 
+    kfp_api.run_state = "CANCELED"  # cancelled in the UI: an end, not something to wait out
+    status, _, err = cli(capsys, "submit", "--host", kfp_api.url, *RUN, "--wait")
+    assert status != 0 and "CANCELED" in error_line(err)
+
     kfp_api.run_state = "SUCCEEDED"
     status, out, err = cli(capsys, "submit", "--host", kfp_api.url, *RUN, "--wait")
     assert status == 0, err
@@ -155,7 +159,7 @@ def test_wait_gives_up_after_its_timeout(capsys, kfp_api):
     kfp_api.run_state = "RUNNING"
     status, _, err = cli(capsys, "submit", "--host", kfp_api.url, *RUN, "--wait", "--timeout", "0")
     assert status == 2
-    assert "still running after 0 s" in error_line(err)
+    assert "still RUNNING after 0 s" in error_line(err)
 
 
 def test_a_pipeline_uploaded_by_hand_gets_the_submitted_version(capsys, kfp_api, tmp_path):
