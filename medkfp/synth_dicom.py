@@ -15,8 +15,8 @@ Everything is seeded: the same seed gives the same files.
 from __future__ import annotations
 
 import csv
-import logging
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +24,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     generate_uid,
 )
@@ -136,7 +136,8 @@ def film_dataset(display: np.ndarray, patient: Patient, storage: Storage = Stora
     return ds
 
 
-def _header(patient: Patient, storage: Storage, instance: int, sop_uid: str | None, shape) -> pydicom.FileDataset:
+def _header(patient: Patient, storage: Storage, instance: int, sop_uid: str | None,
+            shape) -> pydicom.FileDataset:
     sop_class = CR_STORAGE if storage.modality == "CR" else DX_STORAGE
     sop_uid = sop_uid or generate_uid(entropy_srcs=[patient.study_uid, str(instance)])
     meta = FileMetaDataset()
@@ -213,7 +214,8 @@ def make_patients(n: int, seed: int) -> list[Patient]:
         patients.append(Patient(
             name=name,
             patient_id=f"MRN{int(rng.integers(100000, 999999))}{k:03d}",
-            birth_date=f"19{int(rng.integers(40, 99))}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
+            birth_date=f"19{int(rng.integers(40, 99))}{int(rng.integers(1, 13)):02d}"
+                       f"{int(rng.integers(1, 29)):02d}",
             accession=f"ACC{seed:02d}{k:05d}",
             study_uid=generate_uid(entropy_srcs=[str(seed), "study", str(k)]),
         ))
@@ -256,7 +258,8 @@ def synth_dicom(out_dir, per_class: int | None = None, counts: list[int] | None 
                 label = str(labels[image])
                 film_rng = np.random.default_rng([seed, 13, image])
                 cartoon, _ = synth._covid_image(film_rng, synth.COVID_CLASSES.index(_CARTOON[label]), grid)
-                ds = film_dataset(cartoon / 255.0, patient, VARIANTS[image % len(VARIANTS)], instance=image + 1)
+                storage = VARIANTS[image % len(VARIANTS)]
+                ds = film_dataset(cartoon / 255.0, patient, storage, instance=image + 1)
                 name = f"IM{image:05d}" + ("" if image % 3 == 2 else ".dcm")
                 rows.append(_write(out, layout, label, name, to_bytes(ds), ds.SOPInstanceUID))
                 image += 1

@@ -202,7 +202,8 @@ def planted(people: list[Patient]) -> list[str]:
 
 
 def expected_pseudonym(patient_id: str) -> str:
-    return "patient-" + hmac.new(SALT.encode(), f"patient:{patient_id}".encode(), hashlib.sha256).hexdigest()[:16]
+    digest = hmac.new(SALT.encode(), f"patient:{patient_id}".encode(), hashlib.sha256).hexdigest()
+    return "patient-" + digest[:16]
 
 
 def test_ingest_keeps_no_identifying_value_and_groups_by_patient(tmp_path, monkeypatch):
@@ -290,7 +291,8 @@ def test_flat_export_with_a_labels_table(tmp_path, by, monkeypatch):
     assert dict(zip(manifest["path"], manifest["label"])) == labels
     assert manifest["patient"].nunique() == 6
     uids = [pydicom.dcmread(tmp_path / "pacs" / p).SOPInstanceUID for p in labels]
-    assert_nowhere(uids + planted([patient(k) for k in range(8)]), tmp_path / "store", extra=json.dumps(summary))
+    people = [patient(k) for k in range(8)]
+    assert_nowhere(uids + planted(people), tmp_path / "store", extra=json.dumps(summary))
 
 
 def test_labels_table_problems_are_one_line_errors(tmp_path):
@@ -299,7 +301,8 @@ def test_labels_table_problems_are_one_line_errors(tmp_path):
         ingest(vocab.DICOM, str(tmp_path / "pacs"), str(tmp_path / "s"), "r", labels="missing.csv")
     (tmp_path / "bad.csv").write_text("file_id,diagnosis\n1,Normal\n")
     with pytest.raises(LayoutError, match="needs a path .or SOPInstanceUID. column and a label column"):
-        ingest(vocab.DICOM, str(tmp_path / "pacs"), str(tmp_path / "s"), "r", labels=str(tmp_path / "bad.csv"))
+        ingest(vocab.DICOM, str(tmp_path / "pacs"), str(tmp_path / "s"), "r",
+               labels=str(tmp_path / "bad.csv"))
     with pytest.raises(LayoutError, match="--labels needs --dataset dicom"):
         ingest(vocab.IMAGEFOLDER, str(tmp_path / "pacs"), str(tmp_path / "s"), "r", labels="labels.csv")
 
@@ -349,8 +352,10 @@ def test_predict_on_a_dicom_gives_the_answer_of_its_stored_png(tmp_path, monkeyp
         answers = []
         for paths in (dcms, [str(p) for p in pngs]):
             capsys.readouterr()
-            assert main(["predict", "--server", f"127.0.0.1:{server.port}", "--model", "m", "--json", *paths]) == 0
-            answers.append([(p["class"], p["probabilities"]) for p in json.loads(capsys.readouterr().out)["predictions"]])
+            address = f"127.0.0.1:{server.port}"
+            assert main(["predict", "--server", address, "--model", "m", "--json", *paths]) == 0
+            predictions = json.loads(capsys.readouterr().out)["predictions"]
+            answers.append([(p["class"], p["probabilities"]) for p in predictions])
     assert answers[0] == answers[1]
     assert len({str(p) for _, p in answers[0]}) == 3  # three different films, three answers
 
@@ -372,8 +377,9 @@ def test_dicom_run_pushes_a_model_and_writes_no_identifying_value(tmp_path, monk
     synth_dicom.synth_dicom(tmp_path / "Ward", per_class=24, size=64, seed=5)
     people = synth_dicom.make_patients(30, 5)
     store, root, summary_path = tmp_path / "store", tmp_path / "kfp", tmp_path / "summary.json"
-    assert main(["run", "--dataset", vocab.IMAGEFOLDER, "--source", str(tmp_path / "Ward"), "--image-size", "32",
-                 "--epochs", "10", "--store", str(store), "--summary", str(summary_path),
+    assert main(["run", "--dataset", vocab.IMAGEFOLDER, "--source", str(tmp_path / "Ward"),
+                 "--image-size", "32", "--epochs", "10", "--store", str(store),
+                 "--summary", str(summary_path),
                  "--pipeline-root", str(root)]) == 0
     summary = json.loads(summary_path.read_text())
     assert summary["pushed"]["model_name"] == "ward" and summary["pushed"]["version"] == 1

@@ -54,6 +54,7 @@ class Scan:
 SYSTEM_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 # The index file of DICOM media (PS3.10): it lists the images beside it, it is none itself.
 DICOMDIR = "DICOMDIR"
+DOC_NAMES = ("README", "LICEN")
 DOC_SUFFIXES = {".txt", ".md", ".pdf", ".html", ".htm", ".rtf", ".doc", ".docx", ".csv", ".xlsx", ".xls"}
 
 
@@ -240,7 +241,7 @@ def scan_dicom(source: Source, entries: list[Entry], label: str = "class", label
             scan.ignored.append((entry.path, "DICOMDIR, the index of DICOM media"))
         elif entry.path in by_path:
             scan.files.append(Item(entry.path, by_path[entry.path]))
-        elif PurePosixPath(name).suffix.lower() in DOC_SUFFIXES or name.upper().startswith(("README", "LICEN")):
+        elif PurePosixPath(name).suffix.lower() in DOC_SUFFIXES or name.upper().startswith(DOC_NAMES):
             scan.ignored.append((entry.path, "documentation"))
         elif by_uid:
             scan.files.append(Item(entry.path, ""))  # labelled once its SOPInstanceUID is read
@@ -485,7 +486,9 @@ def scan_layout(dataset: str, source: Source, label: str = "class", labels: str 
             f"source {source.uri} holds no files: give the folder, archive or prefix of the download"
         )
     if labels and dataset != vocab.DICOM:
-        raise LayoutError(f"--labels needs --dataset {vocab.DICOM}: {dataset} takes its labels from its layout")
+        raise LayoutError(
+            f"--labels needs --dataset {vocab.DICOM}: {dataset} takes its labels from its layout"
+        )
     if dataset == vocab.DICOM:
         return scan_dicom(source, entries, label, labels)
     return LAYOUTS[dataset](source, entries, label)

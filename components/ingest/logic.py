@@ -23,7 +23,7 @@ import pandas as pd
 from medkfp import dicom, vocab
 from medkfp.components.ingest.images import DEFAULT_MAX_PIXELS, Rejection, check_image
 from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
-from medkfp.components.ingest.parallel import DEFAULT_WORKERS, Uploader, bounded_map, progress_bar
+from medkfp.components.ingest.parallel import DEFAULT_WORKERS, bounded_map, progress_bar
 from medkfp.components.ingest.sources import UnreadableFile
 from medkfp.store import open_store
 
@@ -167,7 +167,8 @@ def _inspect(item: Item, loader, max_pixels: int, keep, labels_by_uid=None
     if dicom.is_dicom(data, item.path):
         return _inspect_dicom(item, data, max_pixels, keep, labels_by_uid or {})
     if not item.label:  # the labels table names it by a SOPInstanceUID, which only DICOM has
-        return None, Rejection("unlabelled", "not DICOM, so no SOPInstanceUID to find in the labels table"), item.path
+        why = "not DICOM, so no SOPInstanceUID to find in the labels table"
+        return None, Rejection("unlabelled", why), item.path
     info, rejection = check_image(data, max_pixels)
     if rejection:
         return None, rejection, item.path
@@ -198,7 +199,8 @@ def _inspect_dicom(item: Item, data: bytes, max_pixels: int, keep, labels_by_uid
     path = image.scrubbed(item.path)
     label = item.label or labels_by_uid.get(image.sop_instance_uid, "")
     if not label:
-        return None, DicomRejection("unlabelled", "no row in the labels table for this file's SOPInstanceUID"), path
+        why = "no row in the labels table for this file's SOPInstanceUID"
+        return None, DicomRejection("unlabelled", why), path
     record = {
         "id": image_id(item.path), "path": path, "label": label,
         # The pseudonymous patient is the leakage group; the study when the header has no patient.
@@ -286,14 +288,10 @@ def ingest(
         raise ValueError(f"--max-rejected-fraction must be between 0 and 1, got {max_rejected_fraction}")
     store = open_store(store_uri)
 
-    # Uploads run in their own pool, apart from the decode checks: small objects wait on
-    # round trips, not on the CPU. Leaving the block waits for them and reports failures.
-    with Uploader(store.put_bytes) as uploads:
+    def upload(record: dict, data: bytes) -> None:
+        store.put_bytes(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
 
-        def upload(record: dict, data: bytes) -> None:
-            uploads.submit(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
-
-        survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress, labels)
+    survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress, labels)
     keys = {n: vocab.run_key(run_id, "ingest", f"{n}.csv") for n in ("manifest", "rejects", "ignored")}
     rejects = pd.DataFrame(survey.rejects, columns=REJECT_COLUMNS)
     store.put_text(keys["rejects"], rejects.to_csv(index=False))
