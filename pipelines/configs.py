@@ -34,6 +34,10 @@ S3_SECRET_ENV = {
     "access-key": "AWS_ACCESS_KEY_ID",
     "secret-key": "AWS_SECRET_ACCESS_KEY",
 }
+# The salt of the DICOM patient pseudonyms (medkfp.dicom), for the ingest step only; optional:
+# without the Secret each run draws a random salt, so pseudonyms do not link across runs.
+DEID_SECRET = "medkfp-deid"
+DEID_SECRET_ENV = {"pseudonym-salt": "MEDKFP_PSEUDONYM_SALT"}
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_COUNT = 1
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

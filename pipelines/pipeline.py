@@ -129,6 +129,8 @@ def pipeline_graph(
             labels=labels,
         )
     )
+    kubernetes.use_secret_as_env(ingest, secret_name=c.DEID_SECRET, secret_key_to_env=c.DEID_SECRET_ENV,
+                                 optional=True)
     preprocess = with_store_credentials(
         preprocess_step.preprocess(
             manifest=ingest.outputs["manifest"],
