@@ -1,9 +1,10 @@
-"""Run the pipeline on a KFP cluster: upload the compiled spec once per change, start runs, keep one
-recurring run per schedule name.
+"""Run the pipeline on a KFP cluster: upload once per spec, start runs, keep recurring runs.
 
-Everything here talks to the KFP API (v2beta1) through the SDK's `kfp.Client`; nothing reads the
-data or the store, because the machine that submits often cannot reach the cluster's store: the
-pipeline's pods do. kfp is imported inside the functions, so importing this module stays cheap.
+The compiled spec is uploaded as a new pipeline version only when its hash is new; each schedule
+name has exactly one recurring run. Everything here talks to the KFP API (v2beta1) through the
+SDK's `kfp.Client`; nothing reads the data or the store, because the machine that submits often
+cannot reach the cluster's store: the pipeline's pods do. kfp is imported inside the functions, so
+importing this module stays cheap.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""A recording test double of the KFP v2beta1 REST API: it stands in for a KFP API server, which
-cannot run here (no Kubernetes cluster, no container registry).
+"""A recording test double of the KFP v2beta1 REST API, standing in for a KFP API server.
+
+A real KFP API server cannot run here (no Kubernetes cluster, no container registry).
 
 It serves the endpoints `kfp.Client` calls for `medkfp submit` and `medkfp schedule` — healthz,
 pipelines (create, upload, upload_version, list, get, versions), experiments, runs and recurring
