@@ -101,6 +101,7 @@ def print_summary(summary: dict) -> None:
 
     counts = summary["counts"]
     table = Table(title=f"{summary['dataset']}: candidates on the test split", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True,
                   caption=f"* selected by {summary['selection_metric']}; [95% CI], bootstrap; "
                           "ECE of the served probabilities")
     for column in ("candidate", "acc.", "bal. acc. [95% CI]", "macro-F1 [95% CI]", "ECE"):
@@ -517,20 +518,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors a user can cause, by module. Only modules already imported are looked at: an
+# exception can only come from a module that ran, and importing the others here would make
+# every error message pay for TensorFlow and KFP.
+USER_ERRORS = {
+    "medkfp.components.ingest.layouts": "LayoutError",
+    "medkfp.store": "StoreError",
+    "medkfp.pipelines.local_runner": "PipelineFailed",
+    "medkfp.containers": "ContainerError",
+    "medkfp.serving.client": "ServingError",
+    "medkfp.serving.server": "ServeError",
+    "medkfp.pipelines.kubeflow_runner": "KfpError",
+}
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the user must fix something: shown as one line, no traceback."""
-    from medkfp.components.ingest.layouts import LayoutError
-    from medkfp.pipelines.local_runner import PipelineFailed
-    from medkfp.store import StoreError
-
-    from medkfp.containers import ContainerError
-
-    errors = [UsageError, LayoutError, StoreError, PipelineFailed, ContainerError, ValueError, FileNotFoundError]
-    from medkfp.serving.client import ServingError
-    from medkfp.serving.server import ServeError
-    from medkfp.pipelines.kubeflow_runner import KfpError
-
-    return (*errors, ServingError, ServeError, KfpError)
+    loaded = [getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules]
+    return (UsageError, ValueError, FileNotFoundError, *loaded)
 
 
 def main(argv: list[str] | None = None) -> int:
