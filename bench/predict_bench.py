@@ -1,14 +1,22 @@
-"""Predict latency (p50/p99) and throughput over gRPC against `medkfp serve`, vs in-process.
+"""Predict latency and throughput over gRPC against `medkfp serve`, vs in-process, each figure
+beside its limit.
 
-Exports a model with medkfp's serving signatures, publishes it to a temporary local store,
-starts `medkfp serve --engine builtin` as a subprocess on loopback, and sends one encoded
-PNG per request from 1 and from N concurrent clients (each over its own channel, with the
-tensorflow-serving-api stubs). The baseline calls the same SavedModel's serving_default
-in this process, with the same images and concurrency. Request counts and time are
-bounded; nothing leaves 127.0.0.1.
+Exports a model with medkfp's serving signatures, publishes it to a temporary local store and
+starts two `medkfp serve --engine builtin` subprocesses on loopback: one plain, one with
+`--enable-batching` (TF Serving's batching parameters). Clients send one encoded PNG per
+request, from 1 and from 8 concurrent clients (each over its own channel, with the
+tensorflow-serving-api stubs). The baseline calls the same SavedModel's serving_default in
+this process with the same images. The machine is shared, so the modes run interleaved in
+rounds (every round runs each mode once) and each ratio compares figures of the same run
+under the same load. Request counts and time are bounded; nothing leaves 127.0.0.1.
 
-    .venv/bin/python bench/predict_bench.py [--model mobilenetv2|small] [--requests 200]
-                                            [--clients 4] [--image-px 256] [--json FILE]
+Limits (issue 9): gRPC p50 with one client <= 1.15x in-process; batched throughput with 8
+clients >= 1.5x the in-process single-caller throughput; batched p99 with 8 clients bounded
+by the unbatched server's p99 with 8 clients in the same run (batching must not lengthen
+the tail it is there to shorten).
+
+    .venv/bin/python bench/predict_bench.py [--model mobilenetv2|small] [--requests 240]
+                                            [--rounds 4] [--clients 8] [--json bench-out/predict.json]
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from medkfp import vocab  # noqa: E402
 from medkfp.imaging import export_serving_model  # noqa: E402
 from medkfp.model_repository import ModelRepository  # noqa: E402
 from medkfp.s3server import free_port  # noqa: E402
+from medkfp.serving.batching import read_batching_parameters  # noqa: E402
 from medkfp.serving.client import ServingError, model_status  # noqa: E402
 from medkfp.store import LocalStore  # noqa: E402
 
@@ -44,6 +53,9 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 WARMUP = 10
 MAX_SECONDS_PER_RUN = 60.0
 START_TIMEOUT = 120.0
+P50_LIMIT = 1.15
+BATCHED_THROUGHPUT_LIMIT = 1.5
+BATCHING_CONFIGMAP = Path(__file__).resolve().parents[1] / "k8s" / "base" / "serving-batching-configmap.yaml"
 
 
 def build_model(kind: str, image_size: int):
@@ -78,39 +90,57 @@ def make_images(count: int, px: int) -> list[bytes]:
 
 
 def run_clients(call, images: list[bytes], clients: int, requests: int) -> dict:
-    """`requests` calls (one image each) spread over `clients` threads; latency stats."""
+    """`requests` calls (one image each) spread over `clients` threads, bounded in time.
+
+    Returns the raw latencies (s), the wall time and the error count; summarize() turns
+    rounds of these into figures.
+    """
     per_client = max(1, requests // clients)
     latencies: list[float] = []
+    errors = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + MAX_SECONDS_PER_RUN
+    barrier = threading.Barrier(clients)
 
     def work(index: int) -> None:
         make_call = call()
-        mine = []
+        mine, failed = [], 0
+        barrier.wait()
         for i in range(per_client):
             if time.monotonic() > deadline:
                 break
             image = images[(index * per_client + i) % len(images)]
             started = time.perf_counter()
-            make_call(image)
+            try:
+                make_call(image)
+            except grpc.RpcError:
+                failed += 1
+                continue
             mine.append(time.perf_counter() - started)
         with lock:
             latencies.extend(mine)
+            errors[0] += failed
 
-    started = time.perf_counter()
     threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
+    return {"latencies": latencies, "seconds": time.perf_counter() - started, "errors": errors[0]}
+
+
+def summarize(chunks: list[dict], clients: int) -> dict:
+    """Rounds of run_clients() results -> requests, errors, p50/p99 ms and requests/s."""
+    ms = np.array([t for chunk in chunks for t in chunk["latencies"]]) * 1000
+    seconds = sum(chunk["seconds"] for chunk in chunks)
     return {
         "clients": clients,
-        "requests": len(latencies),
+        "requests": int(ms.size),
+        "errors": sum(chunk["errors"] for chunk in chunks),
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "throughput_rps": len(latencies) / elapsed,
+        "throughput_rps": ms.size / seconds,
     }
 
 
@@ -139,61 +169,141 @@ def local_caller(signature):
     return factory
 
 
-def start_server(store: Path, port: int, log_path: Path) -> subprocess.Popen:
+def batching_file(out: Path) -> Path:
+    """The k8s ConfigMap's TF Serving batching parameters, written to `out` for the built-in server."""
+    import yaml
+
+    configmap = yaml.safe_load(BATCHING_CONFIGMAP.read_text())
+    out.write_text(configmap["data"]["batching.config"])
+    return out
+
+
+def publish_model(tmp: Path, kind: str, image_size: int):
+    """Export the bench model into tmp/export, publish it as MODEL in the local store tmp/store.
+
+    Returns (export dir, store dir).
+    """
+    export = export_serving_model(build_model(kind, image_size), CLASSES, image_size, tmp / "export")
+    ModelRepository(LocalStore(tmp / "store")).publish(MODEL, export, {"class_names": CLASSES})
+    return export, tmp / "store"
+
+
+def launch_server(store: Path, port: int, log_path: Path, extra: list[str] = ()) -> subprocess.Popen:
+    """Start `medkfp serve --engine builtin` on 127.0.0.1:port (not waiting; see wait_served)."""
     command = [sys.executable, "-m", "medkfp.cli", "serve", "--engine", "builtin", "--store", str(store),
-               "--host", "127.0.0.1", "--port", str(port), "--poll", "60"]
-    process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+               "--host", "127.0.0.1", "--port", str(port), "--poll", "60", *extra]
+    return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_served(process: subprocess.Popen, port: int, log_path: Path) -> None:
+    """Wait until the server answers GetModelStatus for MODEL; raises RuntimeError after START_TIMEOUT."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"medkfp serve exited with {process.returncode}; see {log_path}")
         try:
             if model_status(f"127.0.0.1:{port}", MODEL, timeout=2, retries=0):
-                return process
+                return
         except ServingError:
             time.sleep(0.5)
     process.terminate()
     raise RuntimeError(f"medkfp serve did not serve {MODEL} within {START_TIMEOUT:.0f} s")
 
 
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def benchmark(args) -> dict:
+    """Run every mode and client count in interleaved rounds; returns the results dict."""
     with tempfile.TemporaryDirectory(prefix="medkfp-bench-") as tmp:
         tmp = Path(tmp)
-        export = export_serving_model(build_model(args.model, args.image_size), CLASSES, args.image_size,
-                                      tmp / "export")
-        ModelRepository(LocalStore(tmp / "store")).publish(MODEL, export, {"class_names": CLASSES})
+        export, store = publish_model(tmp, args.model, args.image_size)
         images = make_images(32, args.image_px)
         signature = tf.saved_model.load(str(export)).signatures[vocab.SIGNATURE]
-        port = free_port()
-        server = start_server(tmp / "store", port, tmp / "serve.log")
+        parameters = batching_file(tmp / "batching.config")
+        batching = ["--enable-batching", "--batching-parameters-file", str(parameters)]
+        timeout_us = read_batching_parameters(parameters).batch_timeout_micros
+        if args.batch_timeout_micros is not None:
+            batching += ["--batch-timeout-micros", str(args.batch_timeout_micros)]
+            timeout_us = args.batch_timeout_micros
+        ports = {"grpc": free_port(), "grpc-batching": free_port()}
+        servers = {
+            "grpc": launch_server(store, ports["grpc"], tmp / "serve.log"),
+            "grpc-batching": launch_server(store, ports["grpc-batching"], tmp / "serve-batching.log",
+                                           batching),
+        }
         try:
-            results = {"model": args.model, "image_size": args.image_size, "image_px": args.image_px,
-                       "runs": []}
-            callers = {"grpc": grpc_caller(f"127.0.0.1:{port}"), "in-process": local_caller(signature)}
-            for mode, caller in callers.items():
-                run_clients(caller, images, 1, WARMUP)
-                for clients in sorted({1, args.clients}):
-                    stats = run_clients(caller, images, clients, args.requests)
-                    results["runs"].append({"mode": mode, **stats})
+            for mode, server in servers.items():
+                wait_served(server, ports[mode], tmp / "serve.log")
+            callers = {"in-process": local_caller(signature),
+                       **{mode: grpc_caller(f"127.0.0.1:{port}") for mode, port in ports.items()}}
+            runs = [(mode, clients) for clients in (1, args.clients) for mode in callers]
+            for caller in callers.values():
+                run_clients(caller, images, args.clients, WARMUP * args.clients)
+            chunks: dict[tuple[str, int], list[dict]] = {run: [] for run in runs}
+            for _ in range(args.rounds):
+                for mode, clients in runs:
+                    chunks[(mode, clients)].append(
+                        run_clients(callers[mode], images, clients, args.requests // args.rounds))
         finally:
-            server.terminate()
-            server.wait(30)
-    return results
+            for server in servers.values():
+                stop_server(server)
+    return {
+        "model": args.model, "image_size": args.image_size, "image_px": args.image_px,
+        "rounds": args.rounds, "batching_parameters": "k8s/base/serving-batching-configmap.yaml",
+        "batch_timeout_micros": timeout_us,
+        "runs": [{"mode": mode, **summarize(chunks[(mode, clients)], clients)} for mode, clients in runs],
+    }
+
+
+def figures(results: dict, clients: int) -> dict:
+    """The issue-9 figures, their limits and whether each holds, from benchmark() results."""
+    runs = {(r["mode"], r["clients"]): r for r in results["runs"]}
+    local, served = runs[("in-process", 1)], runs[("grpc", 1)]
+    batched, unbatched = runs[("grpc-batching", clients)], runs[("grpc", clients)]
+    rows = [
+        ("grpc_vs_in_process", "p50_1_client", served["p50_ms"] / local["p50_ms"], "<=", P50_LIMIT),
+        ("grpc_vs_in_process", "p99_1_client", served["p99_ms"] / local["p99_ms"], "", None),
+        ("grpc_vs_in_process", "throughput_1_client",
+         served["throughput_rps"] / local["throughput_rps"], ">=", round(1 / P50_LIMIT, 2)),
+        ("batching", f"throughput_{clients}_clients_vs_in_process",
+         batched["throughput_rps"] / local["throughput_rps"], ">=", BATCHED_THROUGHPUT_LIMIT),
+        ("batching", f"p99_ms_{clients}_clients", batched["p99_ms"], "<=", round(unbatched["p99_ms"], 1)),
+    ]
+    out: dict = {"limits": {}, "pass": {}}
+    for group, key, value, op, limit in rows:
+        out.setdefault(group, {})[key] = round(value, 3)
+        if limit is not None:
+            out["limits"][f"{group}.{key}"] = f"{op} {limit}"
+            out["pass"][f"{group}.{key}"] = value <= limit if op == "<=" else value >= limit
+    out["batching"][f"throughput_{clients}_clients_rps"] = round(batched["throughput_rps"], 1)
+    out["batching"][f"unbatched_throughput_{clients}_clients_vs_in_process"] = round(
+        unbatched["throughput_rps"] / local["throughput_rps"], 3)
+    out["batching"]["errors"] = sum(r["errors"] for r in results["runs"])
+    return out
 
 
 def print_results(results: dict) -> None:
     print(f"model {results['model']} at {results['image_size']} px, one {results['image_px']} px "
-          "grayscale PNG per request")
-    print(f"{'mode':<11} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
-    runs = {(r["mode"], r["clients"]): r for r in results["runs"]}
+          f"grayscale PNG per request, {results['rounds']} interleaved rounds")
+    print(f"{'mode':<14} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'req/s':>8}")
     for r in results["runs"]:
-        print(f"{r['mode']:<11} {r['clients']:>7} {r['requests']:>8} {r['p50_ms']:>8.2f} "
+        print(f"{r['mode']:<14} {r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} "
               f"{r['p99_ms']:>8.2f} {r['throughput_rps']:>8.1f}")
-    for clients in sorted({c for _, c in runs}):
-        served, local = runs[("grpc", clients)], runs[("in-process", clients)]
-        print(f"{clients} client(s): gRPC / in-process  p50 x{served['p50_ms'] / local['p50_ms']:.2f}, "
-              f"p99 x{served['p99_ms'] / local['p99_ms']:.2f}, "
-              f"throughput x{served['throughput_rps'] / local['throughput_rps']:.2f}")
+    print(f"{'figure (ratios: gRPC / in-process, one caller)':<58} {'value':>8}  limit")
+    for group in ("grpc_vs_in_process", "batching"):
+        for key, value in results[group].items():
+            name = f"{group}.{key}"
+            limit = results["limits"].get(name)
+            verdict = "" if limit is None else ("  ok" if results["pass"][name] else "  MISSED")
+            print(f"{name:<58} {value:>8}  {limit or 'reported'}{verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,16 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=["mobilenetv2", "small"], default="mobilenetv2")
     parser.add_argument("--image-size", type=int, default=96, help="the model's input size")
     parser.add_argument("--image-px", type=int, default=256, help="side of the PNGs sent")
-    parser.add_argument("--requests", type=int, default=200, help="requests per run (bounded)")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients of the second run")
-    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--requests", type=int, default=240, help="requests per mode and client count")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds to split the requests in")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the second run")
+    parser.add_argument("--batch-timeout-micros", type=int,
+                        help="override the ConfigMap's batch_timeout_micros for the batching server")
+    parser.add_argument("--json", default="bench-out/predict.json", help="write the figures to this file")
     args = parser.parse_args(argv)
-    if not 1 <= args.requests <= 5000 or not 1 <= args.clients <= 32:
-        parser.error("--requests must be 1-5000 and --clients 1-32")
+    if not 1 <= args.requests <= 5000 or not 2 <= args.clients <= 32 or not 1 <= args.rounds <= args.requests:
+        parser.error("--requests must be 1-5000, --clients 2-32 and --rounds 1-requests")
     results = benchmark(args)
+    results.update(figures(results, args.clients))
     print_results(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
     return 0
 
 
