@@ -81,6 +81,7 @@ def cmd_run(args) -> None:
         runner=args.runner,
         image=args.image,
         labels=args.labels or "",
+        require_significant=args.require_significant,
     )
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
@@ -374,6 +375,9 @@ def add_run_parameters(s: argparse.ArgumentParser) -> None:
     s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
     s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
     s.add_argument("--min-delta", type=float, default=configs.DEFAULT_MIN_DELTA)
+    s.add_argument("--require-significant", action="store_true",
+                   help="push only if the 95%% bootstrap interval of challenger minus champion "
+                        "(same test images) lies above zero")
 
 
 def build_parser() -> argparse.ArgumentParser:

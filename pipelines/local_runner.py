@@ -74,6 +74,7 @@ def run_local(
     runner: str = SUBPROCESS,
     image: str | None = None,
     labels: str = "",
+    require_significant: bool = False,
 ) -> dict:
     """Run every step on this machine and return the run summary.
 
@@ -122,6 +123,7 @@ def run_local(
         weights=weights,
         freeze_backbone=freeze_backbone,
         labels=labels,
+        require_significant=require_significant,
     )
     root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-")).absolute()
     root.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,7 @@ def pipeline_graph(
     weights: str = c.DEFAULT_WEIGHTS,
     freeze_backbone: bool = False,
     labels: str = "",
+    require_significant: bool = False,
 ) -> str:
     """Train a grid of candidates on one dataset and push the best to the model repository.
 
@@ -98,6 +99,8 @@ def pipeline_graph(
         val_fraction: Share of the remaining images used for validation (0-1).
         seed: Seed of the split, the balancing and training.
         min_delta: Push only if the best candidate beats the served model by this much.
+        require_significant: Push only if the 95% bootstrap interval of the best candidate minus
+            the served model, both scored on this run's test images, lies above zero.
         label: What to predict: class, or severity (mias only).
         max_rejected_fraction: Stop when more than this share of the files found is rejected (0-1).
         selection_metric: Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).
@@ -169,6 +172,7 @@ def pipeline_graph(
             min_delta=min_delta,
             selection_metric=selection_metric,
             min_recall=min_recall,
+            require_significant=require_significant,
         )
     )
     return push.outputs["Output"]

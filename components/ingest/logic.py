@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from medkfp import dicom, vocab
+from medkfp import dicom, snapshot, vocab
 from medkfp.components.ingest.images import DEFAULT_MAX_PIXELS, Rejection, check_image
 from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
 from medkfp.components.ingest.parallel import DEFAULT_WORKERS, bounded_map, progress_bar
@@ -287,6 +287,7 @@ def ingest(
     if not 0 <= max_rejected_fraction <= 1:
         raise ValueError(f"--max-rejected-fraction must be between 0 and 1, got {max_rejected_fraction}")
     store = open_store(store_uri)
+    listed_at = snapshot.now()  # lineage: when the source was listed, before reading it
 
     def upload(record: dict, data: bytes) -> None:
         store.put_bytes(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
@@ -301,6 +302,7 @@ def ingest(
     check_every_class(survey)
     columns = MANIFEST_COLUMNS + list(survey.meta_columns)
     store.put_text(keys["manifest"], pd.DataFrame(survey.accepted, columns=columns).to_csv(index=False))
+    lineage = snapshot.record_snapshot(store, run_id, source, survey.accepted, survey.rejects, listed_at)
     summary = {
         "dataset": dataset,
         "source": str(source),
@@ -318,6 +320,7 @@ def ingest(
         "ignored_reasons": dict(Counter(reason for _, reason in survey.ignored)),
         "duplicates": survey.duplicates(),
         "notes": survey.notes,
+        **lineage,
     }
     if survey.dicom_summary():
         summary["dicom"] = survey.dicom_summary()

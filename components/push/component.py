@@ -19,6 +19,7 @@ def push(
     min_recall: dict,
     summary: Output[Artifact],
     comparison: Output[HTML],
+    require_significant: bool = False,
 ) -> str:
     """Select the best candidate, push it past the champion gate; returns the run summary."""
     import json
@@ -36,6 +37,7 @@ def push(
         selection_metric,
         min_recall,
         comparison_path=comparison.path,
+        require_significant=require_significant,
     )
     write_json_artifact(summary, result, selected=result["selected"], reason=result["push_reason"])
     return json.dumps(result)

@@ -1,8 +1,9 @@
 """Select the best candidate and push it as the next model version, if it passes the champion gate.
 
-The gate compares the challenger with the version currently served for the dataset (the
-metrics in that version's metadata): the challenger must beat it by `min_delta` on the
-selection metric and meet every per-class recall floor.
+The gate (components/push/gate.py) scores the served champion on this run's test split with
+the evaluate step's code and compares the two on the same images: the challenger must beat
+it by `min_delta` on the selection metric (and, with require_significant, the 95% bootstrap
+interval of the difference must lie above zero) and meet every per-class recall floor.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from pathlib import Path
 from medkfp import vocab
 from medkfp.dicom import windowing_statement
 from medkfp.components.evaluate.report import comparison_report, write_html
+from medkfp.components.push.gate import (  # noqa: F401 (recall_checks: re-exported)
+    champion_gate,
+    champion_on_this_split,
+    class_mismatch,
+    recall_checks,
+    rescore_champion,
+    with_gate_section,
+)
 from medkfp.model_repository import ModelRepository
+from medkfp.snapshot import data_changes
 from medkfp.store import open_store
 
 
@@ -60,51 +70,6 @@ def select_best(evaluations: list[dict], metric: str = vocab.SELECTION_METRIC) -
     return max(evaluations, key=lambda e: rank_key(e, metric))
 
 
-def recall_checks(metrics: dict, floors: dict[str, float]) -> dict[str, dict]:
-    """{class: {floor, recall, met}} for each recall floor."""
-    checks = {}
-    for name, floor in floors.items():
-        recall = metrics["per_class"][name]["recall"]
-        checks[name] = {"floor": floor, "recall": recall, "met": recall >= floor}
-    return checks
-
-
-def champion_gate(
-    challenger: dict,
-    champion: dict | None,
-    metric: str,
-    min_delta: float,
-    min_recall: dict[str, float] | None = None,
-) -> dict:
-    """The gate's record: scores compared, recall floors, whether to push and why.
-
-    `challenger` is an evaluation, `champion` the served version's metadata (or None).
-    """
-    value = challenger["metrics"].get(metric)
-    record = {
-        "metric": metric, "challenger": value, "champion": None, "delta": None,
-        "min_delta": min_delta, "min_recall": recall_checks(challenger["metrics"], min_recall or {}),
-    }
-    unmet = [f"{n} {c['recall']:.4f} < {c['floor']}" for n, c in record["min_recall"].items() if not c["met"]]
-    if unmet:
-        return {**record, "push": False, "reason": f"below the recall floor: {'; '.join(unmet)}"}
-    if value is None:
-        return {**record, "push": False, "reason": f"the challenger has no {metric} to compare"}
-    if champion is None:
-        return {**record, "push": True, "reason": "no champion yet"}
-    version, best = champion["version"], champion["metrics"].get(metric)
-    if best is None:
-        return {**record, "push": False, "reason": (
-            f"champion v{version} records no {metric}: select by a metric it records, e.g. macro_f1")}
-    record.update(champion=best, delta=value - best)
-    compared = f"{metric} {value:.4f} vs {best:.4f}"
-    if value >= best + min_delta:
-        reason = f"better than champion v{version}: {compared} (min delta {min_delta})"
-        return {**record, "push": True, "reason": reason}
-    reason = f"not better than champion v{version}: {compared} (needs +{min_delta})"
-    return {**record, "push": False, "reason": reason}
-
-
 def champion_decision(
     challenger: dict, champion: dict | None, metric: str, min_delta: float, min_recall=None
 ) -> tuple[bool, str]:
@@ -132,6 +97,7 @@ def model_card(model_name: str, version: int, metadata: dict) -> str:
 - Test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f},
   macro-F1 {metrics['macro_f1']:.4f}, macro ROC-AUC {'n/a' if roc is None else f'{roc:.4f}'}
 - Pushed because: {metadata['gate']['reason']}
+- Data: {snapshot_line(metadata.get('snapshot'))}
 
 | class | precision | recall | specificity | F1 | support |
 |---|---|---|---|---|---|
@@ -141,6 +107,14 @@ def model_card(model_name: str, version: int, metadata: dict) -> str:
 Research and workflow support. Not for diagnosis without clinical validation on the
 target site's data; metrics above come from a held-out split of the training source.
 """
+
+
+def snapshot_line(snapshot: dict | None) -> str:
+    """The model card's line naming the data snapshot the version was trained on."""
+    if not snapshot:
+        return "no snapshot recorded"
+    return (f"snapshot {snapshot['id']}: {snapshot['files']} files of {snapshot['source']}, "
+            f"listed {snapshot['listed_at']} ({snapshot['uri']})")
 
 
 def publish(repository: ModelRepository, model_name: str, best: dict, metadata: dict, run_store) -> dict:
@@ -179,6 +153,7 @@ def push(
     metric: str = vocab.SELECTION_METRIC,
     min_recall: dict[str, float] | None = None,
     comparison_path=None,
+    require_significant: bool = False,
 ) -> dict:
     """Pick the best evaluation and publish it if it passes the champion gate.
 
@@ -186,6 +161,8 @@ def push(
       metric: selection metric (vocab.SELECTION_METRICS); balanced accuracy breaks ties.
       min_recall: per-class recall floors, {class name: floor}.
       comparison_path: where to write the HTML comparison table; None: none.
+      require_significant: push only when the 95% bootstrap interval of challenger minus
+        champion (same images) lies above zero.
     Returns the run summary (DESIGN.md schema plus `champion` and `gate`). Raises
     ValueError for an unknown metric or class, StoreError when the repository fails.
     """
@@ -198,7 +175,14 @@ def push(
     repository = ModelRepository(open_store(store_uri))
     champion_version = repository.stable_version(model_name)
     champion = repository.metadata(model_name, champion_version) if champion_version else None
-    gate = champion_gate(best, champion, metric, min_delta, floors)
+    run_store = open_store(ingest_summary["store"])
+    paired = None
+    if champion is not None and class_mismatch(champion, dataset_summary["class_names"]) is None:
+        # The fair comparison: both models on this run's test split, image by image.
+        rescored, paired = rescore_champion(best, champion, repository, run_store, dataset_summary, metric)
+        champion = {**champion, "rescored": rescored}
+    gate = champion_gate(best, champion, metric, min_delta, floors, paired, require_significant)
+    changes = data_changes(champion, ingest_summary.get("snapshot"), run_store, ingest_summary.get("snapshot_key"))
 
     pushed = None
     if gate["push"]:
@@ -211,6 +195,7 @@ def push(
             "image_size": best.get("image_size", dataset_summary["image_size"]),
             "run_id": ingest_summary["run_id"],
             "source_model_uri": best["model_uri"],
+            "snapshot": ingest_summary.get("snapshot"),
             "history": best.get("history"),
             "devices": best["devices"],
             "accelerator": best.get("accelerator"),
@@ -219,7 +204,7 @@ def push(
             "gate": gate,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        pushed = publish(repository, model_name, best, metadata, open_store(ingest_summary["store"]))
+        pushed = publish(repository, model_name, best, metadata, run_store)
 
     counts = dict(ingest_summary["counts"])
     counts.update({split: s["count"] for split, s in dataset_summary["splits"].items()})
@@ -238,13 +223,17 @@ def push(
                 "uri": repository.store.uri_for(vocab.model_version_key(model_name, champion_version)),
                 "candidate": champion.get("candidate"),
                 "metrics": champion["metrics"],
+                "class_names": champion.get("class_names"),
+                "rescored": champion.get("rescored"),
             }
             if champion else None
         ),
         "gate": gate,
         "pushed": pushed,
         "push_reason": gate["reason"],
+        "data_changes": changes,
     }
     if comparison_path:
-        write_html(comparison_path, comparison_report(summary, evaluations))
+        page = comparison_report(champion_on_this_split(summary), evaluations)
+        write_html(comparison_path, with_gate_section(page, summary))
     return summary
