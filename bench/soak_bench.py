@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'requests':<28} {result['requests']:>10}  reported")
     print(f"{'errors':<28} {result['errors']:>10}  == 0 {result['error_codes'] or ''}")
     print(f"{'throughput req/s':<28} {result['throughput_rps']:>10.1f}  reported")
-    print(f"{'p50 / p99 ms':<28} {result['p50_ms']:>5.1f}/{result['p99_ms']:<5.1f}  reported")
+    print(f"{'p50 ms':<28} {result['p50_ms']:>10.1f}  reported")
+    print(f"{'p99 ms':<28} {result['p99_ms']:>10.1f}  reported")
     print(f"{'RSS MB after warm-up':<28} {result['rss_mb_after_warmup']:>10}  reported")
     print(f"{'RSS MB at the end':<28} {result['rss_mb_end']:>10}  reported "
           f"(peak {result['rss_mb_peak_after_warmup']})")

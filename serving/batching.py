@@ -265,9 +265,9 @@ class Batcher:
         while True:
             with self._cond:
                 batch = self._next_batch()
-            if batch is None:
-                return
-            self.batch_sizes[len(batch.tasks)] += 1
+                if batch is None:
+                    return
+                self.batch_sizes[len(batch.tasks)] += 1
             self._run_batch(batch)
 
     def _run_batch(self, batch: _Batch) -> None:
