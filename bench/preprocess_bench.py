@@ -1,12 +1,22 @@
-"""Preprocess throughput (images/s) and peak memory at two dataset sizes, and their ratios.
+"""Preprocess and ingest-upload throughput, each beside its measured limit, and peak memory at N and 8N.
 
-Builds synthetic COVID-19 Radiography sets (299 px PNGs in the Kaggle layout) of each size,
-ingests them into a local store, then runs the preprocess step alone in a fresh Python
-process per size and reads that process's peak resident memory (getrusage) and peak
-Python heap (tracemalloc). Streaming preprocessing keeps the peak flat: the ratio of the
-peaks should stay near 1 while the dataset grows 8 times.
+Builds synthetic COVID-19 Radiography sets (299 px PNGs in the Kaggle layout) of two sizes and
+ingests them into a local store and, through the loopback S3 server (moto's), into an S3
+store. Then, per size and store, a fresh Python process runs the preprocess step alone
+(299 px PNGs -> 224 px shards) and reports its time and peak resident memory (getrusage).
 
-    .venv/bin/python bench/preprocess_bench.py [--sizes 1000,8000] [--image-size 224]
+The limits, measured in the same run on the same files:
+- preprocess: the same decode + resize + PNG encode (the step's own tf.function) of the
+  same raw files in a `tf.data` parallel map over the local files, nothing else: no store,
+  no shards (the fastest way to do that work found here; PIL in one process per core is slower);
+- ingest upload: bare parallel PUTs of the same bytes to the same S3 server (16 threads),
+  with no scan and no decode check; the sequential PUT rate is shown beside it.
+
+Streaming keeps the peak flat: 8x the images should need at most 1.2x the peak memory.
+Writes bench-out/preprocess.json ({images_per_s, limit_images_per_s, ratio_to_limit,
+peak_rss_ratio_8x} for the local store, the same per store, and the ingest uploads).
+
+    .venv/bin/python bench/preprocess_bench.py [--sizes 1000,8000] [--image-size 224] [--json FILE]
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +37,8 @@ from PIL import Image
 from medkfp import vocab
 
 BASE_IMAGES = 1000  # drawn by synth_covid; bigger sets are tweaked copies of these
+RUN = "bench"
+DEFAULT_JSON = "bench-out/preprocess.json"
 
 
 def build_dataset(base: Path, out: Path, n: int) -> None:
@@ -45,102 +58,184 @@ def build_dataset(base: Path, out: Path, n: int) -> None:
         Image.fromarray(pixels).save(dest)
 
 
-def ingest_dataset(folder: Path, store: Path) -> Path:
+def ingest_dataset(folder: Path, store_uri: str, summary_path: Path) -> dict:
+    """Ingest `folder` into the store; writes the summary for the child, returns its timing."""
     from medkfp.components.ingest.logic import ingest
 
-    summary = ingest(vocab.COVID, str(folder), str(store), "bench")
-    path = store / "ingest-summary.json"
-    path.write_text(json.dumps(summary))
-    return path
+    start = time.perf_counter()
+    summary = ingest(vocab.COVID, str(folder), store_uri, RUN)
+    seconds = time.perf_counter() - start
+    summary_path.write_text(json.dumps(summary))
+    images = summary["counts"]["accepted"]
+    return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
 
 
 def measure(summary_path: str, image_size: int) -> dict:
     """Run in the child process: preprocess once, return time and peaks."""
     import resource
-    import time
-    import tracemalloc
 
     from medkfp.components.preprocess.logic import preprocess
 
     summary = json.loads(Path(summary_path).read_text())
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
     start = time.perf_counter()
     result = preprocess(summary, image_size)
     seconds = time.perf_counter() - start
-    _, python_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
     images = sum(s["count"] for s in result["splits"].values())
     return {
         "images": images,
         "seconds": seconds,
         "images_per_s": images / seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_before_mib": baseline_rss / 1024,
-        "python_peak_mib": python_peak / 2**20,
         "shards": sum(len(s["shards"]) for s in result["splits"].values()),
     }
 
 
-def run_child(summary_path: Path, image_size: int) -> dict:
+def measure_limit(raw_dir: str, image_size: int) -> dict:
+    """Run in the child process: the step's decode + resize + encode over the raw files in a
+    tf.data parallel map, and nothing else."""
+    import tensorflow as tf
+
+    from medkfp.components.preprocess.logic import resize_png_fn
+
+    files = sorted(str(p) for p in Path(raw_dir).iterdir() if p.is_file())
+    resize_png = resize_png_fn(image_size)
+    start = time.perf_counter()
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = ds.map(lambda path: resize_png(tf.io.read_file(path)), num_parallel_calls=tf.data.AUTOTUNE)
+    count = sum(1 for _ in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+    seconds = time.perf_counter() - start
+    return {"images": count, "seconds": seconds, "images_per_s": count / seconds}
+
+
+def bare_uploads(folder: Path, store_uri: str, workers: int) -> dict:
+    """PUT every image's bytes to the store with `workers` threads; images/s."""
+    from medkfp.components.ingest.parallel import upload_all
+    from medkfp.store import open_store
+
+    store = open_store(store_uri)
+    files = sorted(folder.rglob("*.png"))
+    blobs = [(f"bare/{i}.png", f.read_bytes()) for i, f in enumerate(files)]
+    start = time.perf_counter()
+    upload_all(store.put_bytes, blobs, workers=workers)
+    seconds = time.perf_counter() - start
+    return {"images": len(blobs), "seconds": seconds, "images_per_s": len(blobs) / seconds, "workers": workers}
+
+
+def run_child(mode: str, arg: str, image_size: int) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(summary_path), "--image-size", str(image_size)],
+        [sys.executable, __file__, mode, arg, "--image-size", str(image_size)],
         check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def store_figures(runs: dict[int, dict], limits: dict[int, dict]) -> dict:
+    """Headline figures of one store: the largest set's throughput against its limit, peak ratio."""
+    small, large = min(runs), max(runs)
+    return {
+        "images_per_s": runs[large]["images_per_s"],
+        "limit_images_per_s": limits[large]["images_per_s"],
+        "ratio_to_limit": runs[large]["images_per_s"] / limits[large]["images_per_s"],
+        "peak_rss_ratio_8x": runs[large]["peak_rss_mib"] / runs[small]["peak_rss_mib"],
+        "images_ratio": large / small,
+        "runs": {str(n): {**runs[n], "limit_images_per_s": limits[n]["images_per_s"]} for n in sorted(runs)},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,8000", help="two dataset sizes, comma-separated")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--stores", default="local,s3", help="local, s3 or both")
     parser.add_argument("--workdir", help="keep data here (default: a temporary folder)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", default=DEFAULT_JSON, help=f"write the figures here (default {DEFAULT_JSON})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--limit-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child, args.image_size)))
         return 0
+    if args.limit_child:
+        print(json.dumps(measure_limit(args.limit_child, args.image_size)))
+        return 0
 
+    from medkfp.s3server import loopback_s3
     from medkfp.synth import synth_covid
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    stores = [s.strip() for s in args.stores.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="medkfp-bench-"))
     base = work / "base"
     if not base.exists():
         synth_covid(base, per_class=BASE_IMAGES // 4, size=299, progress=sys.stderr.isatty())
-    results = []
+    report: dict = {"image_size": args.image_size, "cores": len(os.sched_getaffinity(0)), "stores": {}}
+    limits, local_runs = {}, {}
     for n in sizes:
-        print(f"building and ingesting {n} images ...", file=sys.stderr)
+        print(f"building and ingesting {n} images into a local store ...", file=sys.stderr)
         for stale in (work / f"set-{n}", work / f"store-{n}"):
             shutil.rmtree(stale, ignore_errors=True)
         build_dataset(base, work / f"set-{n}", n)
-        summary_path = ingest_dataset(work / f"set-{n}", work / f"store-{n}")
-        results.append(run_child(summary_path, args.image_size))
-    report = {"image_size": args.image_size, "runs": results, "ratios": ratios(results)}
-    print(json.dumps(report, indent=2) if args.json else table(report))
+        summary_path = work / f"summary-local-{n}.json"
+        ingest_dataset(work / f"set-{n}", str(work / f"store-{n}"), summary_path)
+        raw_dir = work / f"store-{n}" / vocab.run_key(RUN, "raw", "")
+        # The limit and the step back to back, on the same files, in fresh processes.
+        limits[n] = run_child("--limit-child", str(raw_dir), args.image_size)
+        if "local" in stores:
+            local_runs[n] = run_child("--child", str(summary_path), args.image_size)
+    if local_runs:
+        report["stores"]["local"] = store_figures(local_runs, limits)
+    if "s3" in stores:
+        with loopback_s3():
+            s3_runs, uploads = {}, {}
+            for n in sizes:
+                print(f"ingesting {n} images through the loopback S3 server ...", file=sys.stderr)
+                summary_path = work / f"summary-s3-{n}.json"
+                ingested = ingest_dataset(work / f"set-{n}", f"s3://bench-{n}", summary_path)
+                bare = bare_uploads(work / f"set-{n}", f"s3://bench-bare-{n}", 16)
+                uploads[n] = {"ingest": ingested, "bare_parallel_put": bare}
+                s3_runs[n] = run_child("--child", str(summary_path), args.image_size)
+            largest = max(sizes)
+            sequential = bare_uploads(work / f"set-{min(sizes)}", "s3://bench-sequential", 1)
+        report["stores"]["s3"] = store_figures(s3_runs, limits)
+        report["ingest_upload"] = {
+            "images_per_s": uploads[largest]["ingest"]["images_per_s"],
+            "limit_images_per_s": uploads[largest]["bare_parallel_put"]["images_per_s"],
+            "ratio_to_limit": uploads[largest]["ingest"]["images_per_s"]
+            / uploads[largest]["bare_parallel_put"]["images_per_s"],
+            "sequential_put_images_per_s": sequential["images_per_s"],
+            "runs": {str(n): uploads[n] for n in sizes},
+        }
+    headline = report["stores"].get("local") or report["stores"]["s3"]
+    for key in ("images_per_s", "limit_images_per_s", "ratio_to_limit", "peak_rss_ratio_8x"):
+        report[key] = headline[key]
+    print(table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def ratios(results: list[dict]) -> dict:
-    first, last = results[0], results[-1]
-    keys = ("images", "images_per_s", "peak_rss_mib", "python_peak_mib")
-    return {key: last[key] / first[key] for key in keys}
-
-
 def table(report: dict) -> str:
-    lines = [f"preprocess at {report['image_size']} px from 299 px PNGs ({os.cpu_count()} CPU cores)",
-             f"{'images':>7} {'shards':>6} {'seconds':>8} {'images/s':>9} {'peak RSS MiB':>13} "
-             f"{'Python peak MiB':>16}"]
-    for r in report["runs"]:
-        lines.append(f"{r['images']:>7} {r['shards']:>6} {r['seconds']:>8.1f} {r['images_per_s']:>9.1f} "
-                     f"{r['peak_rss_mib']:>13.0f} {r['python_peak_mib']:>16.1f}")
-    q = report["ratios"]
-    lines.append(f"ratio (largest / smallest): images x{q['images']:.1f}, "
-                 f"throughput x{q['images_per_s']:.2f}, peak RSS x{q['peak_rss_mib']:.2f}, "
-                 f"Python peak x{q['python_peak_mib']:.2f}")
+    lines = [f"preprocess: 299 px PNGs -> {report['image_size']} px shards ({report['cores']} CPU cores); "
+             "limit = the same decode + resize + PNG encode in a tf.data parallel map"]
+    lines.append(f"{'store':>6} {'images':>7} {'shards':>6} {'seconds':>8} {'images/s':>9} {'limit/s':>8} "
+                 f"{'ratio':>6} {'peak RSS MiB':>13}")
+    for name, figures in report["stores"].items():
+        for n, r in figures["runs"].items():
+            lines.append(f"{name:>6} {n:>7} {r['shards']:>6} {r['seconds']:>8.1f} {r['images_per_s']:>9.0f} "
+                         f"{r['limit_images_per_s']:>8.0f} {r['images_per_s'] / r['limit_images_per_s']:>6.2f} "
+                         f"{r['peak_rss_mib']:>13.0f}")
+        lines.append(f"{name:>6}: {figures['images_per_s']:.0f} images/s vs limit {figures['limit_images_per_s']:.0f}"
+                     f" = {figures['ratio_to_limit']:.2f}x (target >= 0.8x); peak RSS x{figures['peak_rss_ratio_8x']:.2f}"
+                     f" for x{figures['images_ratio']:.0f} the images (target <= 1.2x)")
+    if "ingest_upload" in report:
+        u = report["ingest_upload"]
+        lines.append(f"ingest through S3: {u['images_per_s']:.0f} images/s vs bare parallel PUT "
+                     f"{u['limit_images_per_s']:.0f} images/s = {u['ratio_to_limit']:.2f}x "
+                     f"(sequential PUT: {u['sequential_put_images_per_s']:.0f} images/s)")
     return "\n".join(lines)
 
 
