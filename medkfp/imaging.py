@@ -146,12 +146,42 @@ def checked_image_bytes(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
         return tf.identity(image_bytes)
 
 
+def calibrated(model, temperature: float):
+    """A function of images giving softmax(logits / temperature) of `model`.
+
+    The logits are the output of the model's vocab.LOGITS_LAYER when it has one (medkfp's
+    architectures do), else the log of its probabilities, which softmax maps back to the
+    same probabilities. Temperature 1 returns the model itself. Raises ValueError for a
+    temperature that is not positive.
+    """
+    import keras
+
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}: refit it on the validation split")
+    if temperature == 1.0:
+        return model
+    names = {layer.name for layer in model.layers}
+    if vocab.LOGITS_LAYER in names:
+        logits_of = keras.Model(model.input, model.get_layer(vocab.LOGITS_LAYER).output)
+    else:
+        tiny = np.finfo(np.float32).tiny
+        logits_of = lambda x, training=False: tf.math.log(  # noqa: E731
+            tf.maximum(tf.cast(model(x, training=training), tf.float32), tiny))
+
+    def scaled(images, training=False):
+        logits = tf.cast(logits_of(images, training=training), tf.float32)
+        return tf.nn.softmax(logits / tf.constant(temperature, tf.float32), axis=-1)
+
+    return scaled
+
+
 def export_serving_model(
     model,
     class_names: list[str] | tuple[str, ...],
     image_size: int,
     export_dir: str | Path,
     max_pixels: int = vocab.MAX_IMAGE_PIXELS,
+    temperature: float = 1.0,
 ) -> Path:
     """Export `model` (float32 [N, size, size, 3] in 0..255 -> softmax) as a SavedModel.
 
@@ -160,11 +190,15 @@ def export_serving_model(
                                                      classes string [None]
       serving_float(images: float32 [None, size, size, 3]) -> same outputs
     serving_default refuses (InvalidArgument) images that are not PNG/JPEG/BMP or whose
-    header says they exceed `max_pixels`, before decoding them. Returns export_dir.
+    header says they exceed `max_pixels`, before decoding them. `temperature` (fitted on the
+    validation split) divides the logits before the softmax inside the graph, so served
+    probabilities are the calibrated ones; the top class does not change. Returns export_dir.
+    Raises ValueError for a temperature that is not positive.
     """
     import keras
 
     names = tf.constant(list(class_names))
+    predict = calibrated(model, temperature)
 
     def outputs(probabilities):
         probabilities = tf.cast(probabilities, tf.float32)
@@ -180,7 +214,7 @@ def export_serving_model(
             image_bytes,
             fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8),
         )
-        return outputs(model(tf.cast(images, tf.float32), training=False))
+        return outputs(predict(tf.cast(images, tf.float32), training=False))
 
     @tf.function(
         input_signature=[
@@ -188,7 +222,7 @@ def export_serving_model(
         ]
     )
     def serve_float(images):
-        return outputs(model(images, training=False))
+        return outputs(predict(images, training=False))
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -42,7 +42,7 @@ def test_evaluate_scores_the_test_split(trained_shapes, scored):
     assert metrics["class_names"] == ["circles", "plain", "stripes"]
     assert metrics["macro_f1"] >= 0.8, metrics
     assert set(metrics["per_class"]["plain"]) == {
-        "precision", "recall", "f1", "specificity", "support", "roc_auc",
+        "precision", "recall", "f1", "specificity", "support", "roc_auc", "ci",
     }
     assert 0.5 < metrics["macro_roc_auc"] <= 1.0  # from the served probabilities
     assert result["history"] == model["history"] and result["model_uri"] == model["model_uri"]
@@ -53,11 +53,34 @@ def test_report_has_curves_heat_map_and_per_class_table(scored):
     result, report = scored
     html = report.read_text()
     pngs = embedded_pngs(html)
-    assert len(pngs) == 2 and all(p.startswith(PNG) for p in pngs)  # confusion matrix, curves
+    # confusion matrix, reliability diagram, curves
+    assert len(pngs) == 3 and all(p.startswith(PNG) for p in pngs)
     for name in SHAPES:
         assert f"<td>{name}</td>" in html
     assert "recall (sensitivity)" in html and "specificity" in html
-    assert f"{result['metrics']['macro_f1']:.4f}" in html
+    metrics = result["metrics"]
+    assert f"{metrics['macro_f1']:.4f}" in html
+    lo, hi = metrics["ci"]["macro_f1"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in html  # the interval beside its score
+    lo, hi = metrics["per_class"]["plain"]["ci"]["recall"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in html
+    assert "<h2>Calibration</h2>" in html and f"{metrics['calibration']['temperature']:.4f}" in html
+
+
+def test_evaluation_carries_intervals_and_calibration_of_the_served_probabilities(scored):
+    metrics = scored[0]["metrics"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        lo, hi = metrics["ci"][key]
+        assert 0.0 <= lo <= metrics[key] <= hi <= 1.0
+    for m in metrics["per_class"].values():
+        for key in ("recall", "specificity"):
+            assert m["ci"][key][0] <= m[key] <= m["ci"][key][1]
+    calibration = metrics["calibration"]
+    assert set(calibration) == {"ece", "ece_uncalibrated", "temperature"}  # DESIGN.md
+    assert calibration["temperature"] > 0
+    assert 0.0 <= calibration["ece"] <= 1.0 and 0.0 <= calibration["ece_uncalibrated"] <= 1.0
+    bins = scored[0]["reliability"]["calibrated"]
+    assert sum(b["count"] for b in bins) == sum(m["support"] for m in metrics["per_class"].values())
 
 
 def test_report_of_a_published_confusion_matrix_without_history():

@@ -122,3 +122,71 @@ def test_image_dimensions_from_headers():
     assert image_dimensions(b"not an image") is None
     assert image_dimensions(png("L", 30, 20, 0)[:20]) is None
     assert image_dimensions(jpeg(31, 21)[:10]) is None
+
+
+# --- temperature scaling in the graph ------------------------------------------------------
+
+
+def test_served_probabilities_are_the_temperature_scaled_ones(tmp_path):
+    """serving_default and serving_float both return softmax(logits / T) of the model."""
+    import keras
+
+    from medkfp.components.train.models import build_model
+    from medkfp.imaging import export_serving_model
+    from medkfp.metrics import softmax
+
+    keras.utils.set_random_seed(0)
+    model = build_model("simple-cnn", len(CLASSES), SIZE)
+    logits_layer = model.get_layer(vocab.LOGITS_LAYER)
+    kernel, bias = logits_layer.get_weights()
+    logits_layer.set_weights([kernel * 40.0, bias])  # an over-confident head
+    temperature = 2.5
+    export_dir = export_serving_model(model, CLASSES, SIZE, tmp_path / "m", temperature=temperature)
+    pngs = [png("RGB", SIZE, SIZE, seed) for seed in range(6)]
+    images = np.stack([decode_and_resize(tf.constant(b), SIZE).numpy() for b in pngs]).astype(np.float32)
+    logits = keras.Model(model.input, logits_layer.output)(images, training=False).numpy()
+    expected = softmax(logits, temperature)
+    assert not np.allclose(expected, softmax(logits), atol=1e-3)  # the scaling shows
+
+    _, serve_bytes = load_signature(export_dir)
+    _, serve_float = load_signature(export_dir, vocab.FLOAT_SIGNATURE)
+    from_bytes = serve_bytes(**{vocab.INPUT_KEY: tf.constant(pngs)})
+    from_float = serve_float(**{vocab.FLOAT_INPUT_KEY: tf.constant(images)})
+    np.testing.assert_allclose(from_bytes[vocab.OUTPUT_PROBABILITIES].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(from_float[vocab.OUTPUT_PROBABILITIES].numpy(), expected, atol=1e-5)
+    top = [CLASSES[i] for i in logits.argmax(1)]  # the top class is the uncalibrated one
+    assert [c.decode() for c in from_bytes[vocab.OUTPUT_CLASSES].numpy()] == top
+
+
+def test_a_model_without_a_logits_layer_is_scaled_through_its_log_probabilities(tmp_path):
+    import keras
+
+    from medkfp.imaging import export_serving_model
+    from medkfp.metrics import softmax
+
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(len(CLASSES), activation="softmax")])
+    model.layers[-1].set_weights([np.full((3, len(CLASSES)), 2.0, np.float32),
+                                  np.array([0.0, 4.0, 1.0], np.float32)])
+    batch = tf.constant([png("RGB", SIZE, SIZE, seed) for seed in range(3)])
+    served = []
+    for temperature in (1.0, 3.0):
+        export_dir = export_serving_model(model, CLASSES, SIZE, tmp_path / str(temperature),
+                                          temperature=temperature)
+        _, signature = load_signature(export_dir)
+        served.append(signature(**{vocab.INPUT_KEY: batch})[vocab.OUTPUT_PROBABILITIES].numpy())
+    plain, scaled = served
+    np.testing.assert_allclose(scaled, softmax(np.log(plain), 3.0), atol=1e-5)
+    assert scaled.max() < plain.max()  # softened
+
+
+def test_a_temperature_that_is_not_positive_is_refused(tmp_path):
+    import keras
+
+    from medkfp.imaging import export_serving_model
+
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(len(CLASSES), activation="softmax")])
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        export_serving_model(model, CLASSES, SIZE, tmp_path / "m", temperature=0.0)

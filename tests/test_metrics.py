@@ -1,5 +1,6 @@
 """Metrics: the COVID-19 study's published tables follow from its confusion matrices, and every
-metric of the run summary (specificity, weighted F1, one-vs-rest ROC-AUC) on hand-checked cases."""
+metric of the run summary (specificity, weighted F1, one-vs-rest ROC-AUC) on hand-checked cases;
+stratified bootstrap intervals, expected calibration error and temperature scaling."""
 
 from __future__ import annotations
 
@@ -10,9 +11,17 @@ from sklearn.metrics import f1_score, roc_auc_score
 from medkfp import vocab
 from medkfp.metrics import (
     SCALARS,
+    bootstrap_indices,
+    calibration_metrics,
     classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    matrix_scores,
     metrics_from_confusion_matrix,
+    negative_log_likelihood,
+    softmax,
     ui_scalars,
+    uncalibrate,
 )
 
 # DESIGN.md, study 1: test-set confusion matrices (rows actual, columns predicted) and the
@@ -103,3 +112,143 @@ def test_ui_scalars_are_flat_floats_with_per_class_recall():
     assert "macro_roc_auc" not in scalars  # undefined values are left out, not logged as 0
     assert scalars["recall_Viral_Pneumonia"] == metrics["per_class"]["Viral Pneumonia"]["recall"]
     assert all(isinstance(v, float) for v in scalars.values())
+
+
+# --- bootstrap intervals ---------------------------------------------------------------------
+
+
+def assert_inside_intervals(metrics: dict) -> None:
+    """Every interval holds its point estimate and lies in [0, 1]."""
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        lo, hi = metrics["ci"][key]
+        assert 0.0 <= lo <= metrics[key] <= hi <= 1.0, (key, lo, metrics[key], hi)
+    for name, m in metrics["per_class"].items():
+        for key in ("recall", "specificity"):
+            lo, hi = m["ci"][key]
+            assert 0.0 <= lo <= m[key] <= hi <= 1.0, (name, key, lo, m[key], hi)
+
+
+@pytest.mark.parametrize("model", sorted(STUDY))
+def test_study_intervals_hold_their_scores_and_are_narrow_on_4233_images(model):
+    metrics = metrics_from_confusion_matrix(STUDY[model]["matrix"], vocab.COVID_CLASSES)
+    assert set(metrics["ci"]) == {"accuracy", "balanced_accuracy", "macro_f1"}  # DESIGN.md
+    assert_inside_intervals(metrics)
+    lo, hi = metrics["ci"]["accuracy"]
+    # normal approximation of a proportion's 95% interval: 1.96 * sqrt(p (1 - p) / n) each side
+    p, n = metrics["accuracy"], 4233
+    assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(p * (1 - p) / n), rel=0.15)
+
+
+def test_study_a_and_b_accuracy_intervals_do_not_overlap():
+    """The study's headline (A beats B) is larger than the sampling noise of its test set."""
+    a = metrics_from_confusion_matrix(STUDY["A"]["matrix"], vocab.COVID_CLASSES)["ci"]["accuracy"]
+    b = metrics_from_confusion_matrix(STUDY["B"]["matrix"], vocab.COVID_CLASSES)["ci"]["accuracy"]
+    assert b[1] < a[0]
+
+
+def test_bootstrap_is_seeded_stratified_and_fast():
+    import time
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 4, 4000)
+    y_pred = np.where(rng.random(4000) < 0.85, y_true, rng.integers(0, 4, 4000))
+    names = list("abcd")
+    classification_metrics(y_true[:10], y_pred[:10], names)  # warm up imports
+    started = time.process_time()  # CPU time: the machine's cores are shared
+    first = classification_metrics(y_true, y_pred, names, seed=7)
+    assert time.process_time() - started < 1.0
+    assert classification_metrics(y_true, y_pred, names, seed=7) == first
+    assert classification_metrics(y_true, y_pred, names, seed=8)["ci"] != first["ci"]
+    assert_inside_intervals(first)
+    index = bootstrap_indices(y_true, 1000, seed=0)
+    assert index.shape == (1000, 4000)
+    # stratified: every resample keeps each class's count
+    assert (np.sort(y_true[index], axis=1) == np.sort(y_true)).all()
+
+
+def test_vectorised_scores_of_a_resample_match_scikit_learn():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 3, 60)
+    y_pred = np.where(rng.random(60) < 0.7, y_true, rng.integers(0, 3, 60))
+    index = bootstrap_indices(y_true, 1000, seed=3)
+    from medkfp.metrics import batched_confusion
+
+    scores = matrix_scores(batched_confusion(y_true[index], y_pred[index], 3))
+    for b in (0, 500, 999):
+        t, p = y_true[index[b]], y_pred[index[b]]
+        expected = classification_metrics(t, p, ["x", "y", "z"])
+        for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+            assert scores[key][b] == pytest.approx(expected[key])
+        for i, name in enumerate("xyz"):
+            assert scores["recall"][b, i] == pytest.approx(expected["per_class"][name]["recall"])
+            assert scores["specificity"][b, i] == pytest.approx(expected["per_class"][name]["specificity"])
+
+
+def test_small_test_splits_get_wide_intervals_and_few_resamples_are_refused():
+    small = metrics_from_confusion_matrix([[7, 1], [2, 6]], ["benign", "malignant"])
+    assert_inside_intervals(small)
+    lo, hi = small["ci"]["macro_f1"]
+    assert hi - lo > 0.2  # 16 images say little
+    perfect = metrics_from_confusion_matrix([[5, 0], [0, 5]], ["benign", "malignant"])
+    assert perfect["ci"]["accuracy"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="at least 1000 resamples"):
+        classification_metrics([0, 1], [0, 1], ["a", "b"], resamples=100)
+
+
+# --- calibration ---------------------------------------------------------------------------
+
+
+def test_expected_calibration_error_on_a_hand_checked_case():
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    y_true = np.array([0, 1, 0, 1])
+    # bins: confidence 0.9 (2 images, accuracy 0.5), 0.6 (2 images, accuracy 1.0)
+    assert expected_calibration_error(probabilities, y_true) == pytest.approx((2 * 0.4 + 2 * 0.4) / 4)
+    assert expected_calibration_error(np.zeros((0, 2)), np.zeros(0, int)) == 0.0
+
+
+def over_confident_logits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a 4-class model that is right ~75% of the time but ~99% sure: a stand-in
+    for an over-fitted network, with a known answer (it needs T > 1)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    logits = rng.normal(0, 1, (n, 4))
+    logits[np.arange(n), y] += 1.5
+    return logits * 4.0, y
+
+
+def test_temperature_fitted_on_validation_lowers_ece_on_a_held_out_split():
+    val_logits, val_y = over_confident_logits(600, seed=0)
+    test_logits, test_y = over_confident_logits(600, seed=1)  # held out: not used to fit
+    temperature = fit_temperature(val_logits, val_y)
+    assert 2.0 < temperature < 8.0  # undoes most of the x4 over-confidence
+    # the NLL minimum: a little either side is worse
+    nll = negative_log_likelihood(val_logits, val_y, temperature)
+    assert nll < negative_log_likelihood(val_logits, val_y, temperature * 1.05)
+    assert nll < negative_log_likelihood(val_logits, val_y, temperature / 1.05)
+    before = expected_calibration_error(softmax(test_logits), test_y)
+    after_probabilities = softmax(test_logits, temperature)
+    after = expected_calibration_error(after_probabilities, test_y)
+    assert before > 0.15 and after < before / 3
+    # the top class never changes
+    assert (after_probabilities.argmax(1) == test_logits.argmax(1)).all()
+    calibration, reliability = calibration_metrics(after_probabilities, test_y, temperature)
+    assert calibration == {"ece": pytest.approx(after), "ece_uncalibrated": pytest.approx(before),
+                           "temperature": temperature}
+    assert sum(b["count"] for b in reliability["uncalibrated"]) == 600
+    np.testing.assert_allclose(uncalibrate(after_probabilities, temperature), softmax(test_logits),
+                               atol=1e-9)
+
+
+def test_a_validation_split_without_errors_gets_laplaces_confidence_not_certainty():
+    from medkfp.metrics import mean_confidence
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 40)
+    logits = rng.normal(0, 0.3, (40, 3))
+    logits[np.arange(40), y] += 1.0  # always right, but under-confident
+    temperature = fit_temperature(logits, y)  # the NLL alone would fall all the way to T -> 0
+    assert 0.05 < temperature < 1.0  # sharpened, not to certainty
+    assert mean_confidence(logits, temperature) == pytest.approx(41 / 42, abs=1e-3)
+    confident = logits * 20  # always right and already that sure: no evidence to rescale
+    assert fit_temperature(confident, y) == 1.0
+    assert fit_temperature(np.zeros((0, 2)), []) == 1.0

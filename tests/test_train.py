@@ -219,11 +219,43 @@ def test_class_weights_from_the_balance_step_reach_fit(prepared, monkeypatch):
     assert summary["train_examples"] == sum(balanced["before"].values())  # every image once
 
 
+class LearningRates(keras.callbacks.Callback):
+    """Records the learning rate each optimizer step runs with."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate.numpy()))
+
+
+def test_a_tiny_undersampled_split_still_gets_the_step_budget_and_converges(prepared, tmp_path):
+    """The quick grid's undersample candidate (with a smaller budget, for speed) on 3 x ~7
+    train images, one batch an epoch: the step budget repeats the split until the run has its
+    minimum number of steps, the learning rate warms up, and the head converges."""
+    quick = next(c for c in vocab.GRIDS["quick"] if c.balancing == "undersample")
+    candidate = {**quick.to_dict(), "epochs": 3, "min_steps": 120}
+    balanced = prepared.balanced("undersample")
+    rates = LearningRates()
+    trained = train(prepared.dataset, balanced, candidate, callbacks=[rates])
+    assert trained["steps_per_epoch"] == 40 > -(-balanced["count"] // quick.batch_size)
+    assert len(rates.rates) == trained["epochs_run"] * trained["steps_per_epoch"]
+    warmup = quick.warmup_steps
+    assert rates.rates[0] == pytest.approx(quick.learning_rate / warmup)
+    assert rates.rates[warmup - 1] == pytest.approx(quick.learning_rate)
+    assert trained["calibration"]["temperature"] > 0
+    metrics = evaluate(prepared.dataset, trained)["metrics"]
+    assert metrics["macro_f1"] >= 0.85, metrics["confusion_matrix"]
+
+
 def test_a_candidate_for_other_shards_or_no_epochs_is_refused():
     with pytest.raises(ValueError, match="wants 64 px images but the run's shards are 32 px"):
         check_candidate(vocab.Candidate("simple-cnn", "none", image_size=64), 32)
     with pytest.raises(ValueError, match="--epochs must be at least 1"):
         check_candidate(vocab.Candidate("simple-cnn", "none", epochs=0), 32)
+    with pytest.raises(ValueError, match="min_steps and warmup_steps must be 0 or more"):
+        check_candidate(vocab.Candidate("simple-cnn", "none", min_steps=-1), 32)
 
 
 def test_real_backbone_with_weights_from_the_store(s3_env, tmp_path):
@@ -258,7 +290,7 @@ def test_real_backbone_with_weights_from_the_store(s3_env, tmp_path):
     metrics = scored["metrics"]
     assert np.array(metrics["confusion_matrix"]).sum() == prepared.dataset["splits"]["test"]["count"]
     assert metrics["class_names"] == SHAPES
-    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3
     json.dumps(scored)
 
 

@@ -1,7 +1,9 @@
 """Evaluate one candidate on the test split through its exported serving signature.
 
 Scoring the SavedModel's `serving_default` on the stored PNG bytes tests exactly the
-artifact that would be served, preprocessing included.
+artifact that would be served, preprocessing and temperature scaling included: its
+probabilities are the calibrated ones, and `metrics.calibration` compares their ECE with the
+uncalibrated model's (recovered from them and the temperature the train step fitted).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tensorflow as tf
 from medkfp.components.evaluate.report import candidate_report, write_html
 from medkfp.components.train.logic import download_shards, parse_example
 from medkfp.imaging import load_signature, predict_bytes
-from medkfp.metrics import classification_metrics
+from medkfp.metrics import calibration_metrics, classification_metrics
 from medkfp.store import open_store
 
 
@@ -52,8 +54,9 @@ def evaluate(dataset_summary: dict, trained_summary: dict, split: str = "test", 
 
     Args:
       report_path: where to write the HTML report (curves, heat map, tables); None: none.
-    Returns the evaluation summary: the candidate, its metrics, model key and URI, training
-    history and devices (carried on for the push step's comparison and metadata).
+    Returns the evaluation summary: the candidate, its metrics (with `ci` and `calibration`),
+    the reliability bins, model key and URI, training history and devices (carried on for the
+    push step's comparison and metadata).
     """
     store = open_store(dataset_summary["store"])
     class_names = dataset_summary["class_names"]
@@ -65,6 +68,10 @@ def evaluate(dataset_summary: dict, trained_summary: dict, split: str = "test", 
         _, signature = load_signature(tmp / "model")
         probabilities = predict_bytes(signature, images)
         metrics = score_probabilities(probabilities, labels, class_names, trained_summary["model_uri"])
+    temperature = (trained_summary.get("calibration") or {}).get("temperature", 1.0)
+    reliability = None
+    if len(labels):
+        metrics["calibration"], reliability = calibration_metrics(probabilities, labels, temperature)
     evaluation = {
         "candidate": trained_summary["candidate"],
         "split": split,
@@ -74,6 +81,7 @@ def evaluate(dataset_summary: dict, trained_summary: dict, split: str = "test", 
         "image_size": trained_summary.get("image_size", dataset_summary["image_size"]),
         "epochs_run": trained_summary.get("epochs_run"),
         "history": trained_summary["history"],
+        "reliability": reliability,
         "devices": trained_summary["devices"],
         "accelerator": trained_summary.get("accelerator"),
     }

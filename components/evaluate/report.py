@@ -1,6 +1,7 @@
 """Self-contained HTML reports for the KFP UI and for files: one per candidate (training curves,
-confusion-matrix heat map, per-class table) and one comparison across candidates, like the
-COVID-19 study's Table IX. Figures are matplotlib PNGs embedded as base64.
+confusion-matrix heat map, per-class table, reliability diagram) and one comparison across
+candidates, like the COVID-19 study's Table IX. Scores carry their 95% bootstrap intervals.
+Figures are matplotlib PNGs embedded as base64.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from medkfp.metrics import SCALARS  # noqa: E402
+from medkfp.metrics import CONFIDENCE, SCALARS  # noqa: E402
 
 STYLE = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.8em 0}"
@@ -25,6 +26,7 @@ STYLE = (
     "th:first-child,td:first-child{text-align:left}tr.selected{background:#e8f4e8}"
 )
 PER_CLASS_COLUMNS = ("precision", "recall", "specificity", "f1", "roc_auc", "support")
+CI_LABEL = f"{CONFIDENCE:.0%} CI"
 
 
 def png_base64(fig) -> str:
@@ -42,6 +44,18 @@ def fmt(value) -> str:
     if value is None:
         return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def interval(ci) -> str | None:
+    """"[lo, hi]" of a bootstrap interval, None when there is none."""
+    return None if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def with_interval(value, ci) -> str | None:
+    """"0.912 [0.850, 0.961]": a score and its interval, for a comparison cell."""
+    if value is None:
+        return None
+    return f"{value:.3f} {interval(ci)}" if ci else f"{value:.4f}"
 
 
 def table(header: list[str], rows: list[list], row_classes: list[str] | None = None) -> str:
@@ -87,14 +101,60 @@ def confusion_heatmap(matrix, class_names) -> str:
     return png_base64(fig)
 
 
+def reliability_diagram(reliability: dict) -> str:
+    """Accuracy against confidence per bin, before and after temperature scaling, over the
+    diagonal of perfect calibration; bar widths are the bins, markers sized by count."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for key, label, colour in (("uncalibrated", "before scaling", "tab:orange"),
+                               ("calibrated", "after (served)", "tab:blue")):
+        bins = [b for b in reliability.get(key) or [] if b["count"]]
+        if not bins:
+            continue
+        total = sum(b["count"] for b in bins)
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                color=colour, label=label)
+        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+                   s=[20 + 300 * b["count"] / total for b in bins], color=colour, alpha=0.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize="small")
+    return png_base64(fig)
+
+
 def scalar_rows(metrics: dict) -> list[list]:
-    return [[name.replace("_", " "), metrics.get(name)] for name in SCALARS]
+    ci = metrics.get("ci") or {}
+    return [[name.replace("_", " "), metrics.get(name), interval(ci.get(name))] for name in SCALARS]
 
 
 def per_class_table(metrics: dict) -> str:
-    rows = [[name, *(m.get(c) for c in PER_CLASS_COLUMNS)] for name, m in metrics["per_class"].items()]
-    header = ["class", "precision", "recall (sensitivity)", "specificity", "F1", "ROC-AUC", "support"]
+    rows = []
+    for name, m in metrics["per_class"].items():
+        ci = m.get("ci") or {}
+        rows.append([name, m.get("precision"), m.get("recall"), interval(ci.get("recall")),
+                     m.get("specificity"), interval(ci.get("specificity")), m.get("f1"),
+                     m.get("roc_auc"), m.get("support")])
+    header = ["class", "precision", "recall (sensitivity)", f"recall {CI_LABEL}", "specificity",
+              f"specificity {CI_LABEL}", "F1", "ROC-AUC", "support"]
     return table(header, rows)
+
+
+def calibration_section(metrics: dict, reliability: dict | None) -> str:
+    """ECE before and after temperature scaling, the temperature, and the diagram."""
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return ""
+    rows = [["ECE of the served (temperature-scaled) probabilities", calibration["ece"]],
+            ["ECE before temperature scaling", calibration["ece_uncalibrated"]],
+            ["temperature (fitted on the validation split)", calibration["temperature"]]]
+    parts = ["<h2>Calibration</h2>", table(["", "value"], rows),
+             "<p>The served model divides its logits by the temperature before the softmax; "
+             "the top class, and so every score above, is unchanged.</p>"]
+    if reliability:
+        parts.append(img(reliability_diagram(reliability), "reliability diagram"))
+    return "".join(parts)
 
 
 def candidate_report(evaluation: dict, title: str | None = None) -> str:
@@ -106,11 +166,13 @@ def candidate_report(evaluation: dict, title: str | None = None) -> str:
     if candidate:
         config = [[k, v] for k, v in candidate.items() if k != "name"]
         parts.append("<h2>Configuration</h2>" + table(["setting", "value"], config))
-    parts.append("<h2>Scores</h2>" + table(["metric", "value"], scalar_rows(metrics)))
+    parts.append("<h2>Scores</h2>" + table(["metric", "value", CI_LABEL], scalar_rows(metrics))
+                 + f"<p>{CI_LABEL}: stratified bootstrap over the test split's images.</p>")
     parts.append("<h2>Per class</h2>" + per_class_table(metrics))
     parts.append("<h2>Confusion matrix</h2>"
                  + img(confusion_heatmap(metrics["confusion_matrix"], metrics["class_names"]),
                        "confusion matrix"))
+    parts.append(calibration_section(metrics, evaluation.get("reliability")))
     curves = training_curves(evaluation.get("history") or {})
     if curves:
         parts.append("<h2>Training curves</h2>" + img(curves, "training curves"))
@@ -124,27 +186,61 @@ def best_val_loss(history: dict | None) -> float | None:
     return float(min(values)) if values else None
 
 
+def comparison_row(name: str, candidate: dict | None, metrics: dict, val_loss, class_names,
+                   mark: str) -> list:
+    """One row of the comparison: scores with their intervals, ECE, recall per class."""
+    ci = metrics.get("ci") or {}
+    calibration = metrics.get("calibration") or {}
+    recalls = [(metrics.get("per_class") or {}).get(n, {}).get("recall") for n in class_names]
+    return [mark, name, (candidate or {}).get("architecture"), (candidate or {}).get("balancing"),
+            val_loss, with_interval(metrics.get("accuracy"), ci.get("accuracy")),
+            with_interval(metrics.get("balanced_accuracy"), ci.get("balanced_accuracy")),
+            with_interval(metrics.get("macro_f1"), ci.get("macro_f1")), metrics.get("weighted_f1"),
+            metrics.get("macro_roc_auc"), calibration.get("ece"), *recalls]
+
+
+def overlap_note(summary: dict) -> str:
+    """Which candidates' selection-metric intervals overlap the selected one's: those
+    differences are within the test split's sampling noise."""
+    metric = summary["selection_metric"]
+    by_name = {c["name"]: c for c in summary["candidates"]}
+    best = (by_name.get(summary["selected"], {}).get("metrics") or {}).get("ci", {}).get(metric)
+    if not best:
+        return ""
+    overlapping = [
+        name for name, c in by_name.items()
+        if name != summary["selected"] and (ci := (c["metrics"].get("ci") or {}).get(metric))
+        and ci[0] <= best[1] and best[0] <= ci[1]
+    ]
+    if not overlapping:
+        return (f"<p>The selected candidate's {metric} interval overlaps no other candidate's: "
+                "its lead is larger than the test split's sampling noise.</p>")
+    return (f"<p>The {metric} intervals of {html.escape(', '.join(overlapping))} overlap the "
+            "selected candidate's: on this test split those differences may be noise.</p>")
+
+
 def comparison_report(summary: dict, evaluations: list[dict]) -> str:
-    """One table across the run's candidates (and the champion), with the push decision."""
+    """One table across the run's candidates (and the champion), with the push decision.
+
+    The selected candidate is marked; accuracy, balanced accuracy and macro-F1 show their
+    95% bootstrap intervals, so a difference between candidates is read with its uncertainty.
+    """
     class_names = summary["candidates"][0]["metrics"]["class_names"] if summary["candidates"] else []
-    header = ["model", "architecture", "balancing", "best val loss", "accuracy", "balanced acc.",
-              "macro-F1", "weighted F1", "ROC-AUC", *(f"recall {c}" for c in class_names)]
+    header = ["", "model", "architecture", "balancing", "best val loss", f"accuracy {CI_LABEL}",
+              f"balanced acc. {CI_LABEL}", f"macro-F1 {CI_LABEL}", "weighted F1", "ROC-AUC", "ECE",
+              *(f"recall {c}" for c in class_names)]
     histories = {e["candidate"]["name"]: e.get("history") for e in evaluations}
     rows, classes = [], []
     for c in summary["candidates"]:
-        m = c["metrics"]
-        rows.append([c["name"], c["architecture"], c["balancing"], best_val_loss(histories.get(c["name"])),
-                     m["accuracy"], m["balanced_accuracy"], m["macro_f1"], m["weighted_f1"],
-                     m.get("macro_roc_auc"), *(m["per_class"][n]["recall"] for n in class_names)])
-        classes.append("selected" if c["name"] == summary["selected"] else "")
+        selected = c["name"] == summary["selected"]
+        val_loss = best_val_loss(histories.get(c["name"]))
+        rows.append(comparison_row(c["name"], c, c["metrics"], val_loss, class_names,
+                                   "\u2713 selected" if selected else ""))
+        classes.append("selected" if selected else "")
     champion = summary.get("champion")
     if champion:
-        m = champion["metrics"]
-        recalls = [m["per_class"].get(n, {}).get("recall") for n in class_names]
-        rows.append([f"champion v{champion['version']}", champion.get("candidate", {}).get("architecture"),
-                     champion.get("candidate", {}).get("balancing"), None, m.get("accuracy"),
-                     m.get("balanced_accuracy"), m.get("macro_f1"), m.get("weighted_f1"),
-                     m.get("macro_roc_auc"), *recalls])
+        rows.append(comparison_row(f"champion v{champion['version']}", champion.get("candidate"),
+                                   champion["metrics"], None, class_names, ""))
         classes.append("")
     pushed = summary["pushed"]
     decision = (f"Pushed {pushed['model_name']} v{pushed['version']}" if pushed else "Nothing pushed")
@@ -153,7 +249,10 @@ def comparison_report(summary: dict, evaluations: list[dict]) -> str:
         f"<h1>{html.escape(title)}</h1>",
         table(header, rows, classes),
         f"<p>Selected <b>{html.escape(summary['selected'])}</b> by "
-        f"{html.escape(summary['selection_metric'])} (balanced accuracy breaks ties).</p>",
+        f"{html.escape(summary['selection_metric'])} (balanced accuracy breaks ties). "
+        f"{CI_LABEL}: stratified bootstrap over the test images; ECE: expected calibration "
+        "error of the served, temperature-scaled probabilities.</p>",
+        overlap_note(summary),
         f"<p><b>{html.escape(decision)}</b>: {html.escape(summary['push_reason'])}</p>",
     ]
     return page(title, parts)
@@ -168,3 +267,31 @@ def write_html(path, text: str) -> None:
 def page(title: str, parts: list[str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def card_scores(metrics: dict) -> str:
+    """The model card's score lines (markdown): test scores with their 95% bootstrap
+    intervals, and how the served probabilities are calibrated."""
+    ci = metrics.get("ci") or {}
+
+    def scored(key: str, label: str) -> str:
+        value = metrics.get(key)
+        if value is None:
+            return f"{label} n/a"
+        bounds = ci.get(key)
+        return f"{label} {value:.4f}" + (f" ({CI_LABEL} {bounds[0]:.4f}-{bounds[1]:.4f})" if bounds else "")
+
+    lines = [
+        f"- Test {scored('accuracy', 'accuracy')}, {scored('balanced_accuracy', 'balanced accuracy')},",
+        f"  {scored('macro_f1', 'macro-F1')}, {scored('macro_roc_auc', 'macro ROC-AUC')}"
+        + ("; intervals: stratified bootstrap over the test images" if ci else ""),
+    ]
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines.append(
+            f"- Calibrated probabilities: the served model divides its logits by a temperature of "
+            f"{calibration['temperature']:.3f} (fitted on the validation split) before the softmax; "
+            f"expected calibration error on the test split {calibration['ece']:.4f} "
+            f"(uncalibrated {calibration['ece_uncalibrated']:.4f})"
+        )
+    return "\n".join(lines)

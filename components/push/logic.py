@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medkfp import vocab
 from medkfp.dicom import windowing_statement
-from medkfp.components.evaluate.report import comparison_report, write_html
+from medkfp.components.evaluate.report import card_scores, comparison_report, write_html
 from medkfp.components.push.gate import (  # noqa: F401 (recall_checks: re-exported)
     champion_gate,
     champion_on_this_split,
@@ -87,15 +87,13 @@ def model_card(model_name: str, version: int, metadata: dict) -> str:
     )
     candidate = metadata["candidate"]
     config = ", ".join(f"{k} {v}" for k, v in candidate.items() if k != "name")
-    roc = metrics.get("macro_roc_auc")
     return f"""# Model card: {model_name} v{version}
 
 - Dataset: {metadata['dataset']} (run {metadata['run_id']})
 - Candidate: {candidate['name']} ({config})
 - Trained on: {', '.join(metadata.get('devices') or ['unknown'])}
 - Windowing: {metadata.get('windowing') or 'none: the training images were PNG/JPEG/PGM files, used as they are'}
-- Test accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f},
-  macro-F1 {metrics['macro_f1']:.4f}, macro ROC-AUC {'n/a' if roc is None else f'{roc:.4f}'}
+{card_scores(metrics)}
 - Pushed because: {metadata['gate']['reason']}
 - Data: {snapshot_line(metadata.get('snapshot'))}
 

@@ -2,16 +2,24 @@
 store, export the serving SavedModel.
 
 A candidate dict (vocab.Candidate.to_dict) carries everything: architecture, head, weights,
-optimizer, learning rate, batch size and epochs. EarlyStopping (patience 3) and
-ReduceLROnPlateau (patience 1) watch the validation loss, as in the COVID-19 study.
+optimizer, learning rate, batch size, epochs and the step budget. EarlyStopping (patience 3)
+and ReduceLROnPlateau (patience 1) watch the validation loss, as in the COVID-19 study.
+
+A candidate's `min_steps` makes each epoch long enough (the train split repeats) that the
+whole run has at least that many optimizer steps: with a fixed epoch count an undersampled
+split of a few dozen images gets a few dozen steps and its head never converges.
+`warmup_steps` ramps the learning rate up linearly first. After fitting, a temperature is
+fitted on the validation split's logits and built into the exported model.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from medkfp import vocab
@@ -21,6 +29,7 @@ from medkfp.components.train.data import train_pipeline
 from medkfp.components.train.devices import setup_devices
 from medkfp.components.train.models import build_model
 from medkfp.imaging import export_serving_model
+from medkfp.metrics import expected_calibration_error, fit_temperature, negative_log_likelihood, softmax
 from medkfp.store import open_store, open_uri
 
 FEATURES = {
@@ -74,10 +83,20 @@ def repeat_by_id(ds: tf.data.Dataset, repeats: dict[str, int]) -> tf.data.Datase
     )
 
 
-def train_dataset(paths, repeats, image_size, batch_size, seed) -> tf.data.Dataset:
+def steps_per_epoch(examples: int, spec: vocab.Candidate) -> int:
+    """Batches per epoch: one pass over the split, or more when the candidate's step budget
+    (min_steps over its epochs) asks for more."""
+    one_pass = max(1, math.ceil(examples / spec.batch_size))
+    return max(one_pass, math.ceil(spec.min_steps / spec.epochs))
+
+
+def train_dataset(paths, repeats, image_size, batch_size, seed, repeat: bool = False) -> tf.data.Dataset:
+    """The balanced train split, shuffled (seeded) and flipped; endless when `repeat`."""
     ds = tf.data.TFRecordDataset(paths).map(parse_example)
     ds = repeat_by_id(ds, repeats).apply(tf.data.experimental.assert_cardinality(sum(repeats.values())))
     ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed)
+    if repeat:  # reshuffled on every pass; batches may then span passes
+        ds = ds.repeat()
     ds = ds.map(lambda ex: decode(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     flip = keras.layers.RandomFlip("horizontal", seed=seed)
     ds = ds.batch(batch_size).map(lambda x, y: (flip(x, training=True), y))
@@ -144,6 +163,30 @@ def compile_model(spec: vocab.Candidate, n_classes: int, image_size: int, weight
     return model
 
 
+class WarmUp(keras.callbacks.Callback):
+    """Linear learning-rate warm-up from learning_rate / steps to learning_rate over the first
+    `steps` optimizer steps (counted by the optimizer, so a resumed run continues the ramp).
+
+    Large early updates on a fresh head and fresh batch-norm statistics are what make a
+    small run diverge or stall; after the ramp ReduceLROnPlateau owns the learning rate.
+    """
+
+    def __init__(self, steps: int, learning_rate: float):
+        super().__init__()
+        self.steps = steps
+        self.learning_rate = learning_rate
+        self.done = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.done:  # spares reading the step counter off the device on every batch
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if step < self.steps:
+            self.model.optimizer.learning_rate = self.learning_rate * (step + 1) / self.steps
+        else:
+            self.done = True
+
+
 def schedule_callbacks() -> tuple[keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau]:
     return (
         keras.callbacks.EarlyStopping(
@@ -159,6 +202,11 @@ def schedule_callbacks() -> tuple[keras.callbacks.EarlyStopping, keras.callbacks
 def check_candidate(spec: vocab.Candidate, image_size: int) -> None:
     if spec.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {spec.epochs}")
+    if spec.min_steps < 0 or spec.warmup_steps < 0:
+        raise ValueError(
+            f"candidate {spec.name}: min_steps and warmup_steps must be 0 or more, got "
+            f"{spec.min_steps} and {spec.warmup_steps}"
+        )
     if spec.image_size not in (None, image_size):
         raise ValueError(
             f"candidate {spec.name} wants {spec.image_size} px images but the run's shards are "
@@ -166,7 +214,8 @@ def check_candidate(spec: vocab.Candidate, image_size: int) -> None:
         )
 
 
-def fit_resuming(model, spec, checkpoint: StoreCheckpoint, train_ds, val_ds, class_weight, callbacks) -> int:
+def fit_resuming(model, spec, checkpoint: StoreCheckpoint, train_ds, val_ds, class_weight, callbacks,
+                 steps: int | None = None) -> int:
     """Fit from the last stored checkpoint (or from scratch); returns the epoch resumed from."""
     resumed_from = checkpoint.restore(model)
     if resumed_from:
@@ -176,17 +225,55 @@ def fit_resuming(model, spec, checkpoint: StoreCheckpoint, train_ds, val_ds, cla
         if best:
             model.set_weights(best)
         return resumed_from
+    warm_up = [WarmUp(spec.warmup_steps, spec.learning_rate)] if spec.warmup_steps else []
     model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=spec.epochs,
         initial_epoch=resumed_from,
+        steps_per_epoch=steps,
         class_weight=class_weight,
         shuffle=False,  # the dataset shuffles itself, seeded
-        callbacks=[checkpoint.early_stopping, checkpoint.reduce_lr, checkpoint, *callbacks],
+        callbacks=[*warm_up, checkpoint.early_stopping, checkpoint.reduce_lr, checkpoint, *callbacks],
         verbose=2,
     )
     return resumed_from
+
+
+def split_logits(model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N, C], labels [N]) of `model` over a batched (images, labels) dataset: the
+    output of its vocab.LOGITS_LAYER, or log-probabilities for a model without one."""
+    layers = {layer.name for layer in model.layers}
+    if vocab.LOGITS_LAYER in layers:
+        scorer = keras.Model(model.input, model.get_layer(vocab.LOGITS_LAYER).output)
+        transform = lambda z: z  # noqa: E731
+    else:
+        scorer = model
+        transform = lambda p: np.log(np.maximum(p, np.finfo(np.float32).tiny))  # noqa: E731
+    logits, labels = [], []
+    for images, y in ds:
+        logits.append(transform(np.asarray(scorer(images, training=False), np.float64)))
+        labels.append(y.numpy())
+    if not logits:
+        return np.zeros((0, 0)), np.zeros(0, np.int64)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def calibrate(model, val_ds: tf.data.Dataset) -> dict:
+    """Fit the temperature on the validation split; returns {temperature, and the split's
+    NLL and ECE before and after}."""
+    logits, labels = split_logits(model, val_ds)
+    temperature = fit_temperature(logits, labels)
+    if not len(labels):
+        return {"temperature": temperature, "val_examples": 0}
+    return {
+        "temperature": temperature,
+        "val_examples": int(len(labels)),
+        "val_nll_uncalibrated": negative_log_likelihood(logits, labels),
+        "val_nll": negative_log_likelihood(logits, labels, temperature),
+        "val_ece_uncalibrated": expected_calibration_error(softmax(logits), labels),
+        "val_ece": expected_calibration_error(softmax(logits, temperature), labels),
+    }
 
 
 def train(
@@ -203,7 +290,8 @@ def train(
       callbacks: extra Keras callbacks, run after the checkpoint callback.
       strategy: a tf.distribute strategy instead of the automatic choice (GPUs or CPU).
     Returns the trained-model summary: model key and URI, full history (across resumes),
-    epoch resumed from, devices used. Raises ValueError for a bad candidate, StoreError
+    epoch resumed from, steps per epoch, the temperature fitted on the validation split
+    (`calibration`), devices used. Raises ValueError for a bad candidate, StoreError
     when the store or a weights file cannot be read.
     """
     spec = vocab.Candidate.from_dict(candidate)
@@ -229,17 +317,23 @@ def train(
         checkpoint = StoreCheckpoint(
             store, vocab.candidate_key(run_id, spec.name, "checkpoints"), *schedule_callbacks()
         )
+        examples = int(sum(repeats.values()))
+        steps = steps_per_epoch(examples, spec)
+        one_pass = not examples or steps == math.ceil(examples / spec.batch_size)
+        val_ds = eval_dataset(val_paths, image_size, spec.batch_size, splits["val"]["count"])
         # Batched parse, parallel decode, decoded images cached when they fit (data.py).
         train_ds, input_pipeline = train_pipeline(
-            train_paths, repeats, image_size, spec.batch_size, seed, cache_dir=tmp
+            train_paths, repeats, image_size, spec.batch_size, seed, repeat=not one_pass, cache_dir=tmp
         )
         resumed_from = fit_resuming(
             model, spec, checkpoint,
             train_ds,
-            eval_dataset(val_paths, image_size, spec.batch_size, splits["val"]["count"]),
-            class_weight, callbacks,
+            val_ds, class_weight, callbacks, steps=None if one_pass else steps,
         )
-        export_dir = export_serving_model(model, class_names, image_size, tmp / "saved_model")
+        calibration = calibrate(model, val_ds)
+        export_dir = export_serving_model(
+            model, class_names, image_size, tmp / "saved_model", temperature=calibration["temperature"]
+        )
         model_key = vocab.candidate_key(run_id, spec.name, "saved_model")
         store.upload_dir(export_dir, model_key)
         checkpoint.clear()
@@ -256,7 +350,9 @@ def train(
         "resumed_from_epoch": resumed_from,
         "history": history,
         "class_weight": {class_names[i]: w for i, w in class_weight.items()} if class_weight else None,
-        "train_examples": int(sum(repeats.values())),
+        "train_examples": examples,
+        "steps_per_epoch": steps,
+        "calibration": calibration,
         "devices": accelerator["devices"],
         "accelerator": accelerator,
         "input_pipeline": input_pipeline,

@@ -24,6 +24,10 @@ PREPROCESS = {
     "resnet101": keras.applications.resnet.preprocess_input,
 }
 DROPOUT = {"simple-cnn": 0.2}
+# Keras's default 0.99 leaves the moving statistics ~90% at their initial values after ten
+# steps: a small run's validation loss then spikes in its first epochs and EarlyStopping
+# keeps those weights. At 0.8 they are 90% caught up after ten steps.
+BATCH_NORM_MOMENTUM = 0.8
 HEAD_DROPOUT = 0.3
 
 
@@ -46,11 +50,20 @@ class BackbonePreprocess(keras.layers.Layer):
 
 
 def simple_cnn_features(x):
-    """Three conv blocks and global max pooling: small enough for CPU tests and demos."""
+    """Three conv-batch-norm-ReLU blocks and global average pooling: small enough for CPU
+    tests and demos.
+
+    Batch normalisation keeps every block's inputs centred, so a high learning rate trains
+    from the first steps; its fast momentum lets the moving statistics, which validation and
+    serving use, catch up within the few hundred steps of a quick run. Average pooling feeds
+    the head a gradient from every position (max pooling: from one), which steadies it.
+    """
     for filters in (16, 32, 64):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM)(x)
+        x = keras.layers.Activation("relu")(x)
         x = keras.layers.MaxPooling2D()(x)
-    return keras.layers.GlobalMaxPooling2D()(x)
+    return keras.layers.GlobalAveragePooling2D()(x)
 
 
 def backbone_features(x, architecture: str, image_size: int, weights, freeze: bool):
@@ -95,6 +108,8 @@ def build_model(
     if dense_units:
         x = keras.layers.Dense(dense_units, activation="relu", name="head")(x)
     x = keras.layers.Dropout(DROPOUT.get(architecture, HEAD_DROPOUT))(x)
-    # float32 softmax: stable under the mixed-precision policy used on GPUs
-    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    # Logits and softmax apart, so the export can divide the logits by the fitted temperature;
+    # float32 both: stable under the mixed-precision policy used on GPUs.
+    logits = keras.layers.Dense(n_classes, dtype="float32", name=vocab.LOGITS_LAYER)(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=architecture.replace("-", "_"))
