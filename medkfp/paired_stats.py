@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from medkfp.metrics import roc_auc_one_vs_rest
-
 DEFAULT_RESAMPLES = 2000
 MIN_RESAMPLES = 1000
 CONFIDENCE = 0.95

@@ -98,7 +98,8 @@ def diff_snapshots(old: dict, new: dict) -> dict:
     kinds = {
         "added": [after[p] for p in sorted(after.keys() - before.keys())],
         "removed": [before[p] for p in sorted(before.keys() - after.keys())],
-        "changed": [after[p] for p in sorted(after.keys() & before.keys()) if after[p]["sha256"] != before[p]["sha256"]],
+        "changed": [after[p] for p in sorted(after.keys() & before.keys())
+                    if after[p]["sha256"] != before[p]["sha256"]],
     }
     classes = sorted({f["label"] for f in (*old["files"], *new["files"])})
     per_class = {}
@@ -115,7 +116,9 @@ def diff_snapshots(old: dict, new: dict) -> dict:
     }
 
 
-def data_changes(champion: dict | None, run_snapshot: dict | None, run_store: Store, snapshot_key: str | None) -> dict:
+def data_changes(
+    champion: dict | None, run_snapshot: dict | None, run_store: Store, snapshot_key: str | None
+) -> dict:
     """The summary's `data_changes`: this run's snapshot against the one that trained the champion.
 
     `champion` is the served version's metadata (None: nothing served). Never raises: a

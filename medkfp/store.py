@@ -35,11 +35,11 @@ RETRY_SECONDS_ENV = "MEDKFP_STORE_RETRY_SECONDS"
 DEFAULT_RETRY_SECONDS = 60.0
 # An endpoint this process never reached is more likely misconfigured than restarting:
 # it gets at most this long, so a wrong AWS_ENDPOINT_URL_S3 fails in seconds.
-FIRST_CONTACT_SECONDS = 10.0
+FIRST_CONTACT_SECONDS = 5.0
 # A lease (the fallback lock of a conditional write) is broken once this old: its holder died.
 LEASE_SECONDS = 30.0
 # S3 error codes worth retrying: the endpoint is up but overloaded or restarting.
-TRANSIENT_CODES = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed")
+TRANSIENT_CODES = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,9 @@ class _LockFile:
                 except FileNotFoundError:
                     continue
                 if time.monotonic() > deadline:
-                    raise StoreError(f"{self.path} stays locked: remove it if no medkfp publish is running")
+                    raise StoreError(
+                        f"{self.path} stays locked: remove it if no medkfp publish is running"
+                    ) from None
                 time.sleep(0.005 + random.random() * 0.01)
 
     def __exit__(self, *exc):
@@ -598,7 +600,9 @@ class S3Store(Store):
                 if json.loads(self.get_bytes(lease_key)).get("owner") == token:
                     break
             if time.monotonic() > deadline:
-                raise StoreError(f"{self.uri_for(lease_key)} stays leased: remove it if no publish is running")
+                raise StoreError(
+                    f"{self.uri_for(lease_key)} stays leased: remove it if no publish is running"
+                )
             time.sleep(0.05 + random.random() * 0.1)
         try:
             Store.put_bytes_if(self, key, data, if_none_match=if_none_match, if_match=if_match)

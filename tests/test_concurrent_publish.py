@@ -112,3 +112,17 @@ def test_version_numbers_are_reserved_with_create_if_absent(tmp_path, saved_mode
     assert repository.publish("m", saved_model, METADATA) == 3
     assert repository.served_versions("m") == [3]
     assert "models/m/1" not in repository.store.get_text(CONFIG_KEY)
+
+
+def test_an_endpoint_without_conditional_writes_falls_back_to_a_lease(s3_env, saved_model, monkeypatch):
+    """The same race through the lease path that endpoints ignoring If-None-Match get."""
+    import medkfp.store as store_module
+
+    monkeypatch.setitem(store_module._CONDITIONAL, s3_env["AWS_ENDPOINT_URL_S3"], False)
+    store_uri = "s3://concurrent-lease"
+    assert not open_store(store_uri).conditional_writes
+    results = publish_all_at_once(store_uri, saved_model, ["a", "a", "b"])
+    repository = ModelRepository(open_store(store_uri))
+    assert sorted(v for m, v in results if m == "a") == [1, 2]
+    assert_consistent(repository, results)
+    assert not [k for k in repository.store.list_keys("models/") if k.endswith(".lease")]

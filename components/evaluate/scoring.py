@@ -30,7 +30,9 @@ class SplitScores:
     probabilities: np.ndarray
 
 
-def score_models_on_split(dataset_summary: dict, models: dict[str, Path], split: str = "test") -> dict[str, SplitScores]:
+def score_models_on_split(
+    dataset_summary: dict, models: dict[str, Path], split: str = "test"
+) -> dict[str, SplitScores]:
     """Score each local SavedModel folder in `models` ({name: folder}) on the run's `split`.
 
     Returns {name: SplitScores}, all on the same images in the same order. Raises

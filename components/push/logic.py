@@ -180,7 +180,9 @@ def push(
         rescored, paired = rescore_champion(best, champion, repository, run_store, dataset_summary, metric)
         champion = {**champion, "rescored": rescored}
     gate = champion_gate(best, champion, metric, min_delta, floors, paired, require_significant)
-    changes = data_changes(champion, ingest_summary.get("snapshot"), run_store, ingest_summary.get("snapshot_key"))
+    changes = data_changes(
+        champion, ingest_summary.get("snapshot"), run_store, ingest_summary.get("snapshot_key")
+    )
 
     pushed = None
     if gate["push"]:
