@@ -295,6 +295,24 @@ def test_flat_export_with_a_labels_table(tmp_path, by, monkeypatch):
     assert_nowhere(uids + planted(people), tmp_path / "store", extra=json.dumps(summary))
 
 
+def test_flat_export_and_labels_table_in_s3(tmp_path, s3_env, monkeypatch):
+    """The export under an s3:// prefix, the labels table as its own s3:// object."""
+    from medkfp.store import open_store
+
+    monkeypatch.setenv(dicom.SALT_ENV, SALT)
+    labels = write_flat_export(tmp_path / "pacs", "SOPInstanceUID")
+    bucket = open_store("s3://medkfp-pacs")
+    for path in (tmp_path / "pacs").rglob("*"):
+        if path.is_file() and path.name != "labels.csv":
+            bucket.put_file(f"exports/ward/{path.relative_to(tmp_path / 'pacs').as_posix()}", path)
+    bucket.put_file("tables/labels.csv", tmp_path / "pacs" / "labels.csv")
+    summary = ingest(vocab.DICOM, "s3://medkfp-pacs/exports/ward", "s3://medkfp-run", "r1",
+                     labels="s3://medkfp-pacs/tables/labels.csv")
+    assert summary["counts"]["accepted"] == len(labels) and summary["counts"]["rejected"] == 1
+    assert sorted(read_manifest(summary)["path"]) == sorted(labels)
+    assert vocab.default_model_name(vocab.DICOM, "s3://medkfp-pacs/exports/ward") == "ward"
+
+
 def test_labels_table_problems_are_one_line_errors(tmp_path):
     write_flat_export(tmp_path / "pacs", "path")
     with pytest.raises(LayoutError, match="no labels table missing.csv"):
@@ -387,5 +405,12 @@ def test_dicom_run_pushes_a_model_and_writes_no_identifying_value(tmp_path, monk
     assert (counts["found"], counts["accepted"], counts["rejected"]) == (51, 48, 3)
     card = (store / vocab.model_version_key("ward", 1, vocab.MODEL_CARD_FILE)).read_text()
     assert "Windowing: 48 DICOM image(s)" in card and "MONOCHROME1 inverted" in card
+    run_output = capfd.readouterr()
+    # external validation goes through the same ingest: the same PNGs, the same rejects
+    assert main(["evaluate", "--model", str(store / vocab.model_version_key("ward", 1)),
+                 "--source", str(tmp_path / "Ward"), "--json"]) == 0
     output = capfd.readouterr()
-    assert_nowhere(planted(people), store, root, extra=summary_path.read_text() + output.out + output.err)
+    external = json.loads(output.out)
+    assert (external["counts"]["accepted"], external["counts"]["rejected"]) == (48, 3)
+    printed = run_output.out + run_output.err + output.out + output.err
+    assert_nowhere(planted(people), store, root, extra=summary_path.read_text() + printed)
