@@ -3,7 +3,7 @@ decoded-image cache chosen from the split's size and the memory and disk at hand
 
 Per-example Python-level work is what kept the old pipeline at 0.6x of a bare parallel decode:
 here records are parsed a batch at a time (`tf.io.parse_example`), balanced with one
-`tf.repeat` per batch, decoded in a parallel map, and cast and flipped per training batch.
+`tf.repeat` per batch, decoded and flipped in a parallel map, and cast per training batch.
 When the decoded split fits in memory (or else on local disk) the decoded images are cached
 after the first pass, so later epochs skip PNG decoding altogether.
 """
@@ -14,7 +14,6 @@ import os
 import shutil
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 # The shard schema the preprocess step writes (the same as components.train.logic.FEATURES).
@@ -97,6 +96,17 @@ def _decode(image_size: int):
     return decode
 
 
+def _flipped(example: dict, bits: tf.Tensor) -> dict:
+    """The example, mirrored left-right when the low bit of `bits` is set.
+
+    Done per image inside a parallel map (a no-op half the time, one copy otherwise): a
+    batch-wide select, or Keras's RandomFlip layer, cost more than the PNG decode itself.
+    """
+    image = example["image"]
+    image = tf.cond(tf.math.floormod(bits, 2) == 1, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    return {**example, "image": image}
+
+
 def train_input(paths: list[str], repeats: dict[str, int], image_size: int, batch_size: int, seed: int,
                 repeat: bool = False, cache: str = "none", cache_dir: str | Path | None = None
                 ) -> tf.data.Dataset:
@@ -125,13 +135,18 @@ def train_input(paths: list[str], repeats: dict[str, int], image_size: int, batc
 
     ds = tf.data.TFRecordDataset(paths).batch(PARSE_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     decode = _decode(image_size)
+    # One random int64 per example, drawn in order, decides its flip: reproducible for a seed
+    # whatever order the parallel map runs in, and different on every pass.
+    bits = tf.data.Dataset.random(seed=seed)
     if cache == "none":
         ds = ds.map(balanced).unbatch()
         ds = ds.apply(tf.data.experimental.assert_cardinality(total))
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed)  # encoded images: a cheap buffer
         if repeat:  # reshuffled on every pass; batches may then span passes
             ds = ds.repeat()
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip((ds, bits)).map(
+            lambda ex, b: _flipped(decode(ex), b), num_parallel_calls=tf.data.AUTOTUNE
+        )
     else:
         def kept(batch):
             keep = batch["count"] > 0
@@ -150,13 +165,14 @@ def train_input(paths: list[str], repeats: dict[str, int], image_size: int, batc
         ds = ds.shuffle(min(SHUFFLE_BUFFER, max(1, total)), seed=seed)
         if repeat:
             ds = ds.repeat()
-    flip = keras.layers.RandomFlip("horizontal", seed=seed)
-
-    def augment(batch):  # vectorised over the batch
-        return flip(tf.cast(batch["image"], tf.float32), training=True), batch["label"]
-
-    ds = ds.batch(batch_size).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip((ds, bits)).map(_flipped, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _as_float(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:
+    """(float32 images, labels) of a batch: the cast runs once per batch, vectorised."""
+    return tf.cast(batch["image"], tf.float32), batch["label"]
 
 
 def train_pipeline(paths: list[str], repeats: dict[str, int], image_size: int, batch_size: int, seed: int,
