@@ -5,8 +5,9 @@ function the serving signature runs, so training decodes them cheaply and sees e
 a served model sees. Preprocessing streams: threads fetch a bounded window of images from
 the store, a `tf.data` parallel map decodes, resizes and encodes them on every core (the
 per-image Python call it replaces left the cores half idle), and records are written into
-shards of bounded size as they come, so memory does not grow with the dataset. Each split's examples are shuffled (seeded) before sharding, so a shard mixes
-classes and training's shuffle buffer does not see one class at a time.
+shards of bounded size as they come, so memory does not grow with the dataset. Each split's
+examples are shuffled (seeded) before sharding, so a shard mixes classes and training's
+shuffle buffer does not see one class at a time.
 """
 
 from __future__ import annotations

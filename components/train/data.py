@@ -80,7 +80,8 @@ def choose_cache(examples: int, image_size: int, cache_dir: str | Path | None, c
     if cache != "auto":
         choice, reason = cache, "asked for"
     elif decoded + shuffle <= MEMORY_FRACTION * memory:
-        choice, reason = "memory", f"decoded split and shuffle buffer fit in {MEMORY_FRACTION:.0%} of free memory"
+        choice = "memory"
+        reason = f"decoded split and shuffle buffer fit in {MEMORY_FRACTION:.0%} of the free memory"
     elif cache_dir and decoded <= DISK_FRACTION * disk_bytes:
         choice, reason = "disk", f"decoded split fits in {DISK_FRACTION:.0%} of the local disk, not in memory"
     else:
