@@ -321,9 +321,14 @@ def metrics_from_confusion_matrix(matrix, class_names) -> dict:
 
 
 def ui_scalars(metrics: dict) -> dict[str, float]:
-    """Flat scalars for the KFP UI's Metrics view: the SCALARS, then recall and specificity
-    per class (`recall_<class>`); undefined values are left out."""
+    """Flat scalars for the KFP UI's Metrics view: the SCALARS, the bounds of their 95%
+    intervals (`macro_f1_ci_low`, `macro_f1_ci_high`, ...), the calibration figures, then
+    recall and specificity per class (`recall_<class>`); undefined values are left out."""
     scalars = {name: metrics[name] for name in SCALARS if metrics.get(name) is not None}
+    for name, (lo, hi) in (metrics.get("ci") or {}).items():
+        scalars[f"{name}_ci_low"], scalars[f"{name}_ci_high"] = float(lo), float(hi)
+    for name, value in (metrics.get("calibration") or {}).items():
+        scalars[name] = float(value)
     for name, m in metrics["per_class"].items():
         key = name.replace(" ", "_")
         scalars[f"recall_{key}"] = m["recall"]

@@ -111,6 +111,7 @@ def test_ui_scalars_are_flat_floats_with_per_class_recall():
     assert set(SCALARS) - {"macro_roc_auc"} <= set(scalars)
     assert "macro_roc_auc" not in scalars  # undefined values are left out, not logged as 0
     assert scalars["recall_Viral_Pneumonia"] == metrics["per_class"]["Viral Pneumonia"]["recall"]
+    assert scalars["macro_f1_ci_low"] <= scalars["macro_f1"] <= scalars["macro_f1_ci_high"]
     assert all(isinstance(v, float) for v in scalars.values())
 
 
