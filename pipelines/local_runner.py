@@ -37,8 +37,11 @@ def drop_handlers_writing_to(stream) -> None:
             root.removeHandler(handler)
 
 
-def _pipeline_and_runner(runner: str, image: str | None, root: Path, source: str):
-    """The pipeline, kfp.local runner and context for `runner`; checks the engine and image."""
+def _pipeline_and_runner(runner: str, image: str | None, root: Path, inputs: list[str]):
+    """The pipeline, kfp.local runner and context for `runner`; checks the engine and image.
+
+    `inputs` are the source and labels URIs: the local ones are mounted into the containers.
+    """
     if runner == SUBPROCESS:
         return medkfp_pipeline, local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
     from medkfp import containers
@@ -47,8 +50,8 @@ def _pipeline_and_runner(runner: str, image: str | None, root: Path, source: str
     containers.require_image(containers.docker_client(), image)
     # No GPU here: the train step runs the same (CPU) image as the others.
     pipeline = build_pipeline(images=Images(cpu=image, gpu=image))
-    sources = [] if source.startswith("s3://") else [Path(source)]
-    return pipeline, containers.docker_runner(root, read_only=sources), containers.exit_status_checked()
+    local_inputs = [Path(uri) for uri in inputs if uri and not uri.startswith("s3://")]
+    return pipeline, containers.docker_runner(root, read_only=local_inputs), containers.exit_status_checked()
 
 
 def run_local(
@@ -127,7 +130,7 @@ def run_local(
     )
     root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-")).absolute()
     root.mkdir(parents=True, exist_ok=True)
-    pipeline, kfp_runner, checked = _pipeline_and_runner(runner, image, root, source)
+    pipeline, kfp_runner, checked = _pipeline_and_runner(runner, image, root, [source, labels])
     log = StepLog(root / "run.log", echo)
     log.echo.write(f"kfp.local run ({runner}); step logs in {log.file.name}\n")
     local.init(runner=kfp_runner, pipeline_root=str(root))
