@@ -237,3 +237,35 @@ def test_a_served_model_with_other_classes_is_not_rescored_and_not_replaced(two_
     summary = push([good], second.ingested, second.dataset, str(store.root), model_name="shapes-other")
     assert summary["pushed"] is None and summary["champion"]["rescored"] is None
     assert summary["push_reason"].startswith("champion v1 predicts classes cats, dogs but this run's data")
+
+
+@pytest.mark.integration
+def test_two_pipeline_runs_in_a_row_on_new_data(tmp_path):
+    """`medkfp run` twice through kfp.local on one store, the second on new images with
+    --require-significant: its summary rescores the champion on its own test split."""
+    from helpers import write_shapes_folder
+
+    from medkfp.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("- {architecture: simple-cnn, balancing: none, batch_size: 8, learning_rate: 0.003}\n")
+    store = str(tmp_path / "store")
+    common = ["--dataset", vocab.IMAGEFOLDER, "--name", MODEL, "--grid", str(grid), "--image-size", "32",
+              "--store", store]
+    first = write_shapes_folder(tmp_path / "week-1", per_class=12, seed=1)
+    assert main(["run", *common, "--source", str(first), "--epochs", "1",
+                 "--summary", str(tmp_path / "1.json"), "--pipeline-root", str(tmp_path / "kfp-1")]) == 0
+    second = write_shapes_folder(tmp_path / "week-2", per_class=30, seed=2)
+    assert main(["run", *common, "--source", str(second), "--epochs", "12", "--require-significant",
+                 "--summary", str(tmp_path / "2.json"), "--pipeline-root", str(tmp_path / "kfp-2")]) == 0
+    run1, run2 = (json.loads((tmp_path / f"{i}.json").read_text()) for i in (1, 2))
+    assert run1["pushed"]["version"] == 1
+    rescored = run2["champion"]["rescored"]
+    assert sum(m["support"] for m in rescored["per_class"].values()) == run2["counts"]["test"]
+    gate = run2["gate"]
+    assert gate["champion"] == rescored["macro_f1"] and gate["require_significant"] is True
+    low, _ = gate["difference_ci"]
+    assert 0 <= gate["p_value"] <= 1
+    expected = gate["delta"] >= gate["min_delta"] and low > 0
+    assert (run2["pushed"] is not None) == expected == gate["push"], run2["push_reason"]
+    assert run2["data_changes"]["since"]["version"] == 1 and run2["data_changes"]["changed"] > 0
