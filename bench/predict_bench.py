@@ -6,9 +6,10 @@ starts two `medkfp serve --engine builtin` subprocesses on loopback: one plain, 
 `--enable-batching` (TF Serving's batching parameters). Clients send one encoded PNG per
 request, from 1 and from 8 concurrent clients (each over its own channel, with the
 tensorflow-serving-api stubs). The baseline calls the same SavedModel's serving_default in
-this process with the same images. The machine is shared, so the modes run interleaved in
-rounds (every round runs each mode once) and each ratio compares figures of the same run
-under the same load. Request counts and time are bounded; nothing leaves 127.0.0.1.
+this process with the same images. The machine is shared, so the modes are interleaved (one
+client: call by call, each mode in turn; 8 clients: in rounds that run each mode once) and
+each ratio compares figures of the same run under the same load. Request counts and time
+are bounded; nothing leaves 127.0.0.1.
 
 Limits (issue 9): gRPC p50 with one client <= 1.15x in-process; batched throughput with 8
 clients >= 1.5x the in-process single-caller throughput; batched p99 with 8 clients bounded
@@ -130,6 +131,31 @@ def run_clients(call, images: list[bytes], clients: int, requests: int) -> dict:
     return {"latencies": latencies, "seconds": time.perf_counter() - started, "errors": errors[0]}
 
 
+def alternate(callers: dict, images: list[bytes], requests: int) -> dict[str, dict]:
+    """One client calling each mode in turn, `requests` calls each, bounded in time.
+
+    Returns mode -> a run_clients()-shaped result whose wall time is the sum of that mode's
+    own call times (a lone sequential caller's throughput is 1 / its mean latency).
+    """
+    calls = {mode: factory() for mode, factory in callers.items()}
+    latencies: dict[str, list[float]] = {mode: [] for mode in calls}
+    errors = dict.fromkeys(calls, 0)
+    deadline = time.monotonic() + MAX_SECONDS_PER_RUN * len(calls)
+    for i in range(requests):
+        if time.monotonic() > deadline:
+            break
+        for mode, call in calls.items():
+            started = time.perf_counter()
+            try:
+                call(images[i % len(images)])
+            except grpc.RpcError:
+                errors[mode] += 1
+                continue
+            latencies[mode].append(time.perf_counter() - started)
+    return {mode: {"latencies": latencies[mode], "seconds": sum(latencies[mode]), "errors": errors[mode]}
+            for mode in calls}
+
+
 def summarize(chunks: list[dict], clients: int) -> dict:
     """Rounds of run_clients() results -> requests, errors, p50/p99 ms and requests/s."""
     ms = np.array([t for chunk in chunks for t in chunk["latencies"]]) * 1000
@@ -247,10 +273,14 @@ def benchmark(args) -> dict:
             for caller in callers.values():
                 run_clients(caller, images, args.clients, WARMUP * args.clients)
             chunks: dict[tuple[str, int], list[dict]] = {run: [] for run in runs}
+            # One client: the modes take turns call by call, the finest interleaving there is.
+            for mode, chunk in alternate(callers, images, args.requests).items():
+                chunks[(mode, 1)].append(chunk)
             for _ in range(args.rounds):
                 for mode, clients in runs:
-                    chunks[(mode, clients)].append(
-                        run_clients(callers[mode], images, clients, args.requests // args.rounds))
+                    if clients > 1:
+                        chunks[(mode, clients)].append(
+                            run_clients(callers[mode], images, clients, args.requests // args.rounds))
         finally:
             for server in servers.values():
                 stop_server(server)
