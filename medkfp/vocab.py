@@ -126,9 +126,7 @@ _COVID_PAPER = dict(learning_rate=1e-3, optimizer="adamax", epochs=20, image_siz
 # Study 2: ResNet101, Adam 1e-4, 10 epochs, batch 32, 256 px; plus the balanced variants
 # its lesson calls for (oversampling, class weights) and a lighter MobileNetV2.
 _MIAS_PAPER = dict(batch_size=32, learning_rate=1e-4, optimizer="adam", epochs=10, image_size=256)
-PAPER_QUICK_MIN_STEPS = 300
-QUICK_WARMUP_STEPS = 30
-GRIDS: dict[str, tuple[Candidate, ...]] = {
+PAPER_GRIDS: dict[str, tuple[Candidate, ...]] = {
     COVID: (
         _paper("resnet50", "none", batch_size=32, dense_units=256, **_COVID_PAPER),
         _paper("mobilenetv2", "undersample", batch_size=8, dense_units=64, **_COVID_PAPER),
