@@ -61,7 +61,8 @@ def test_new_pipeline_gives_the_examples_of_the_per_example_one(shards, cache, t
 
 def test_zero_repeats_drop_examples_and_repeat_mode_is_endless(shards):
     _, paths, repeats = shards
-    kept = dict(list(repeats.items())[: len(repeats) // 2]) | {k: 0 for k in list(repeats)[len(repeats) // 2:]}
+    half = len(repeats) // 2
+    kept = {k: (n if i < half else 0) for i, (k, n) in enumerate(repeats.items())}
     ds = data.train_input(paths, kept, SIZE, 4, seed=0, cache="memory")
     assert sum(examples_of(ds).values()) == sum(kept.values())
     endless = data.train_input(paths, kept, SIZE, 4, seed=0, repeat=True)
