@@ -16,7 +16,7 @@ Streaming keeps the peak flat: 8x the images should need at most 1.2x the peak m
 Writes bench-out/preprocess.json ({images_per_s, limit_images_per_s, ratio_to_limit,
 peak_rss_ratio_8x} for the local store, the same per store, and the ingest uploads).
 
-    .venv/bin/python bench/preprocess_bench.py [--sizes 500,4000] [--image-size 224] [--json FILE]
+    .venv/bin/python bench/preprocess_bench.py [--sizes 400,3200] [--image-size 224] [--json FILE]
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def store_figures(runs: dict[int, dict], limits: dict[int, dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="500,4000", help="two dataset sizes, comma-separated")
+    parser.add_argument("--sizes", default="400,3200", help="two dataset sizes, comma-separated")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--stores", default="local,s3", help="local, s3 or both")
     parser.add_argument("--workdir", help="keep data here (default: a temporary folder)")

@@ -25,7 +25,7 @@ import tensorflow as tf
 from medkfp import vocab
 from medkfp.components.ingest.images import to_decodable
 from medkfp.components.ingest.logic import read_manifest
-from medkfp.components.ingest.parallel import DEFAULT_WORKERS, bounded_map
+from medkfp.components.ingest.parallel import DEFAULT_WORKERS, UPLOAD_WORKERS, bounded_map
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
 from medkfp.imaging import decode_and_resize
 from medkfp.store import open_store
@@ -128,7 +128,9 @@ class _ShardWriter:
         self.run_id = run_id
         self.class_names = class_names
         self.label_index = {name: i for i, name in enumerate(class_names)}
-        self.workers = workers
+        # Reads from an S3 endpoint wait on round trips, not on the CPU: more threads than
+        # cores keep it busy (the same pool size as ingest's uploads).
+        self.workers = max(workers, UPLOAD_WORKERS) if store.uri.startswith("s3://") else workers
         self.resize_png = resize_png_fn(image_size)
 
     def write_split(self, split: str, rows: pd.DataFrame, per_shard: int, records: Iterator[bytes]) -> dict:
