@@ -23,12 +23,12 @@ import pandas as pd
 import tensorflow as tf
 
 from medkfp import vocab
-from medkfp.components.ingest.images import to_decodable
+from medkfp.components.ingest.images import PASS_THROUGH_FORMATS, PASS_THROUGH_MODES, to_decodable
 from medkfp.components.ingest.logic import read_manifest
 from medkfp.components.ingest.parallel import DEFAULT_WORKERS, UPLOAD_WORKERS, bounded_map
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
 from medkfp.imaging import decode_and_resize
-from medkfp.store import open_store
+from medkfp.store import LocalStore, open_store
 
 __all__ = [
     "make_example", "preprocess", "read_examples", "records_per_shard", "resize_png_fn", "split_examples",
@@ -162,11 +162,28 @@ class _ShardWriter:
         """
         if rows.empty:
             return
-        fetched = bounded_map(self._fetch, rows.itertuples(), self.workers, window=FETCH_WINDOW)
-        ds = tf.data.Dataset.from_generator(lambda: fetched, output_signature=tf.TensorSpec([], tf.string))
-        ds = ds.map(self.resize_png, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        if self._readable_in_graph(rows):
+            # Files TensorFlow decodes as they are, in a local folder: read in the pipeline
+            # itself, so no image passes through Python on its way to the decoder.
+            files = [str(self.store.root / vocab.raw_image_key(self.run_id, r.id, r.suffix))
+                     for r in rows.itertuples()]
+            ds = tf.data.Dataset.from_tensor_slices(files).map(
+                lambda path: self.resize_png(tf.io.read_file(path)), num_parallel_calls=tf.data.AUTOTUNE
+            )
+        else:
+            fetched = bounded_map(self._fetch, rows.itertuples(), self.workers, window=FETCH_WINDOW)
+            ds = tf.data.Dataset.from_generator(lambda: fetched,
+                                                output_signature=tf.TensorSpec([], tf.string))
+            ds = ds.map(self.resize_png, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.prefetch(tf.data.AUTOTUNE)
         for row, png in zip(rows.itertuples(), ds.as_numpy_iterator()):
             yield make_example(png, self.label_index[row.label], row.id).SerializeToString()
+
+    def _readable_in_graph(self, rows: pd.DataFrame) -> bool:
+        """Whether every image of `rows` is a local file that to_decodable would pass as is."""
+        return (isinstance(self.store, LocalStore) and {"format", "mode"} <= set(rows.columns)
+                and rows["format"].isin(PASS_THROUGH_FORMATS).all()
+                and rows["mode"].isin(PASS_THROUGH_MODES).all())
 
     def _write_shard(self, key: str, rows: pd.DataFrame, records: Iterator[bytes]) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
