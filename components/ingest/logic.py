@@ -23,7 +23,7 @@ import pandas as pd
 from medkfp import dicom, snapshot, vocab
 from medkfp.components.ingest.images import DEFAULT_MAX_PIXELS, Rejection, check_image
 from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
-from medkfp.components.ingest.parallel import DEFAULT_WORKERS, bounded_map, progress_bar
+from medkfp.components.ingest.parallel import DEFAULT_WORKERS, Uploader, bounded_map, progress_bar
 from medkfp.components.ingest.sources import UnreadableFile
 from medkfp.store import open_store
 
@@ -289,10 +289,14 @@ def ingest(
     store = open_store(store_uri)
     listed_at = snapshot.now()  # lineage: when the source was listed, before reading it
 
-    def upload(record: dict, data: bytes) -> None:
-        store.put_bytes(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
+    # Uploads run in their own pool, apart from the decode checks: small objects wait on
+    # round trips, not on the CPU. Leaving the block waits for them and reports failures.
+    with Uploader(store.put_bytes) as uploads:
 
-    survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress, labels)
+        def upload(record: dict, data: bytes) -> None:
+            uploads.submit(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
+
+        survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress, labels)
     keys = {n: vocab.run_key(run_id, "ingest", f"{n}.csv") for n in ("manifest", "rejects", "ignored")}
     rejects = pd.DataFrame(survey.rejects, columns=REJECT_COLUMNS)
     store.put_text(keys["rejects"], rejects.to_csv(index=False))
