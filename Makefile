@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= medkfp/medkfp:$(VERSION)
 
-.PHONY: help setup test test-unit test-integration test-containers demo lint compile bench soak clean \
+.PHONY: help setup test test-integration test-containers test-all demo lint compile bench soak clean \
 	container-engine image image-gpu constraints
 
 help: ## List the targets
@@ -22,15 +22,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: setup ## Run every test but the container ones (unit, compile, manifests, integration)
-	@echo "make test: container tests skipped here (they build and run images): make test-containers"
-	$(VENV)/bin/pytest -m "not containers" $(PYTEST_ARGS)
-
-test-unit: setup ## Run the fast tests only
+test: setup ## Run the test suite: unit, compile, manifests (slow layers: test-integration, test-containers)
+	@echo "make test: the end-to-end and container layers run in make test-integration and make test-containers"
 	$(VENV)/bin/pytest -m "not integration and not containers" $(PYTEST_ARGS)
 
-test-integration: setup ## Run the end-to-end tests (kfp.local, loopback S3, gRPC)
+test-integration: setup ## Run the end-to-end tests (kfp.local runs, loopback S3, gRPC)
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
+
+test-all: test test-integration test-containers ## Every layer, as CI runs them
 
 test-containers: setup image ## Build the image and run the container tests (docker runner, kube play)
 	MEDKFP_TEST_IMAGE=$(IMAGE) $(VENV)/bin/pytest -m containers $(PYTEST_ARGS)
