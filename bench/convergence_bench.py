@@ -136,11 +136,13 @@ def main(argv=None) -> int:
         for name in names:
             for seed in seeds:
                 started = time.monotonic()
-                for candidate, r in run_case(name, sources[name], seed, tmp).items():
+                scores = run_case(name, sources[name], seed, tmp)
+                for candidate, r in scores.items():
                     rows.append({"dataset": name, "seed": seed, "candidate": candidate, **r})
                 wall[f"{name}/{seed}"] = round(time.monotonic() - started, 1)
-                print(f"{name} seed {seed}: quick grid trained and scored in {wall[f'{name}/{seed}']:.0f} s",
-                      flush=True)
+                f1 = ", ".join(f"{c} {r['macro_f1']:.3f}" for c, r in scores.items())
+                print(f"{name} seed {seed}: quick grid trained and scored in {wall[f'{name}/{seed}']:.0f} s;"
+                      f" macro-F1 {f1}", flush=True)
     print_table(rows)
     worst = min(r["macro_f1"] for r in rows)
     passed = worst >= TARGET

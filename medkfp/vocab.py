@@ -145,7 +145,7 @@ PAPER_GRIDS: dict[str, tuple[Candidate, ...]] = {
 }
 PAPER_GRID = "paper"
 
-QUICK_MIN_STEPS = 600
+QUICK_MIN_STEPS = 1000
 QUICK_WARMUP_STEPS = 30
 GRIDS: dict[str, tuple[Candidate, ...]] = {
     # CPU-sized: the batch-normalised small CNN at 48-64 px. Every candidate gets at least

@@ -50,6 +50,9 @@ def check_summary(summary: dict, dataset: str, class_names) -> None:
         assert metrics["class_names"] == list(class_names)
         assert np.array(metrics["confusion_matrix"]).sum() == counts["test"]
         assert set(metrics["per_class"]) == set(class_names)
+        for key in ("accuracy", "balanced_accuracy", "macro_f1"):  # DESIGN.md's added keys
+            assert metrics["ci"][key][0] <= metrics[key] <= metrics["ci"][key][1]
+        assert set(metrics["calibration"]) == {"ece", "ece_uncalibrated", "temperature"}
     assert summary["selection_metric"] == "macro_f1"
     best = max(c["metrics"]["macro_f1"] for c in summary["candidates"])
     selected = next(c for c in summary["candidates"] if c["name"] == summary["selected"])
@@ -61,9 +64,12 @@ def check_ui_reports(pipeline_root, candidates: int, decision: str) -> None:
     reports = sorted(p for p in pipeline_root.rglob("report") if p.is_file())
     assert len(reports) == candidates
     for report in reports:
-        assert report.read_text().count("data:image/png;base64,") == 2  # heat map, curves
+        html = report.read_text()
+        assert html.count("data:image/png;base64,") == 3  # heat map, reliability diagram, curves
+        assert "95% CI" in html and "<h2>Calibration</h2>" in html
     comparisons = [p for p in pipeline_root.rglob("comparison") if p.is_file()]
     assert len(comparisons) == 1 and decision in comparisons[0].read_text()
+    assert "\u2713 selected" in comparisons[0].read_text()
 
 
 def stub_predict(channel, model: str, images: list[bytes], **spec) -> predict_pb2.PredictResponse:
