@@ -2,6 +2,7 @@
 
 import re
 import sys
+
 import tomllib
 
 pyproject, extra = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""

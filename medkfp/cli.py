@@ -21,8 +21,10 @@ def cmd_synth(args) -> None:
     from medkfp import synth, synth_dicom
 
     counts = [int(n) for n in args.counts.split(",")] if args.counts else None
-    make = {vocab.COVID: synth.synth_covid, vocab.MIAS: synth.synth_mias, vocab.DICOM: synth_dicom.synth_dicom}[
-        args.dataset]
+    writers = {
+        vocab.COVID: synth.synth_covid, vocab.MIAS: synth.synth_mias, vocab.DICOM: synth_dicom.synth_dicom,
+    }
+    make = writers[args.dataset]
     kwargs = {"per_class": args.per_class, "counts": counts, "seed": args.seed}
     if args.dataset == vocab.DICOM:
         kwargs["layout"] = args.layout
@@ -90,10 +92,9 @@ def cmd_run(args) -> None:
 
 
 def print_summary(summary: dict) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
-
-    from rich import box
 
     def with_ci(m: dict, key: str) -> str:
         # Two decimals for the interval keep the table inside 80 columns.
@@ -417,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
                    help="subprocess: steps run in this Python; docker: each step in its own container "
                    "of --image through the Docker API (Docker, or Podman's socket via DOCKER_HOST)")
-    s.add_argument("--image", help=f"image the steps run with --runner docker (default {vocab.COMPONENT_IMAGE})")
+    s.add_argument("--image", help=f"the steps' image with --runner docker (default {vocab.COMPONENT_IMAGE})")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("compile", help="compile the pipeline YAML for the KFP UI")

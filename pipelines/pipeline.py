@@ -99,7 +99,7 @@ def pipeline_graph(
         val_fraction: Share of the remaining images used for validation (0-1).
         seed: Seed of the split, the balancing and training.
         min_delta: Push only if the best candidate beats the served model by this much.
-        require_significant: Push only if the 95% interval of best minus served model, on this run's test images, is above 0.
+        require_significant: Push only if the 95% interval of best minus served (same images) is above 0.
         label: What to predict: class, or severity (mias only).
         max_rejected_fraction: Stop when more than this share of the files found is rejected (0-1).
         selection_metric: Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).

@@ -326,7 +326,9 @@ class ServingSync:
         return removed
 
     # --- the loop ----------------------------------------------------------------------
-    def run(self, interval: float, stop: threading.Event | None = None, on_pass=None, after_pass=None) -> None:
+    def run(
+        self, interval: float, stop: threading.Event | None = None, on_pass=None, after_pass=None
+    ) -> None:
         """Sync every `interval` s until `stop` is set; one pass if interval <= 0.
 
         `on_pass(report)` is called after each pass that changed something, `after_pass(report)`

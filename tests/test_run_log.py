@@ -49,7 +49,10 @@ def test_one_line_per_start_and_end_with_the_candidate_of_each_parallel_task(tmp
 def test_a_failed_task_shows_its_last_error_lines_and_the_log(tmp_path):
     terminal = io.StringIO()
     log = StepLog(tmp_path / "run.log", echo=terminal)
-    error = "    Traceback (most recent call last):\n    ValueError: 8 of 8 files rejected: use a folder of images\n"
+    error = (
+        "    Traceback (most recent call last):\n"
+        "    ValueError: 8 of 8 files rejected: use a folder of images\n"
+    )
     run_task(log, "ingest", None, "FAILURE", error)
     log.close()
 

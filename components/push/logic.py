@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medkfp import vocab
-from medkfp.dicom import windowing_statement
 from medkfp.components.evaluate.report import card_scores, comparison_report, write_html
 from medkfp.components.push.gate import (  # noqa: F401 (recall_checks: re-exported)
     champion_gate,
@@ -24,9 +23,13 @@ from medkfp.components.push.gate import (  # noqa: F401 (recall_checks: re-expor
     rescore_champion,
     with_gate_section,
 )
+from medkfp.dicom import windowing_statement
 from medkfp.model_repository import ModelRepository
 from medkfp.snapshot import data_changes
 from medkfp.store import open_store
+
+# The model card's windowing line for runs on files that need none (everything but DICOM).
+NO_WINDOWING = "none: the training images were PNG/JPEG/PGM files, used as they are"
 
 
 def check_selection_metric(metric: str) -> str:
@@ -92,7 +95,7 @@ def model_card(model_name: str, version: int, metadata: dict) -> str:
 - Dataset: {metadata['dataset']} (run {metadata['run_id']})
 - Candidate: {candidate['name']} ({config})
 - Trained on: {', '.join(metadata.get('devices') or ['unknown'])}
-- Windowing: {metadata.get('windowing') or 'none: the training images were PNG/JPEG/PGM files, used as they are'}
+- Windowing: {metadata.get('windowing') or NO_WINDOWING}
 {card_scores(metrics)}
 - Pushed because: {metadata['gate']['reason']}
 - Data: {snapshot_line(metadata.get('snapshot'))}
