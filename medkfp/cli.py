@@ -381,6 +381,18 @@ def add_run_parameters(s: argparse.ArgumentParser) -> None:
                         "(same test images) lies above zero")
 
 
+def add_compile_options(s: argparse.ArgumentParser) -> None:
+    """The images and GPU placement a compiled pipeline carries: `compile`, `submit`, `schedule create`."""
+    s.add_argument("--image", help=f"image of every step (default {vocab.COMPONENT_IMAGE})")
+    s.add_argument("--gpu-image", help="image of the train step (default: --image with a -gpu tag suffix, "
+                   f"else {vocab.GPU_COMPONENT_IMAGE})")
+    s.add_argument("--gpus", type=int, default=configs.GPU_COUNT, help="GPUs per train task")
+    s.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
+                   help="node label the train task needs (repeatable)")
+    s.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
+                   help="taint the train task tolerates (repeatable; default nvidia.com/gpu:NoSchedule)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medkfp", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
@@ -423,14 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compile", help="compile the pipeline YAML for the KFP UI")
     s.add_argument("--out", default="pipeline.yaml")
-    s.add_argument("--image", help=f"image of every step (default {vocab.COMPONENT_IMAGE})")
-    s.add_argument("--gpu-image", help="image of the train step (default: --image with a -gpu tag suffix, "
-                   f"else {vocab.GPU_COMPONENT_IMAGE})")
-    s.add_argument("--gpus", type=int, default=configs.GPU_COUNT, help="GPUs per train task")
-    s.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
-                   help="node label the train task needs (repeatable)")
-    s.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
-                   help="taint the train task tolerates (repeatable; default nvidia.com/gpu:NoSchedule)")
+    add_compile_options(s)
     s.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("evaluate", help="score an existing model on another dataset (external validation)")

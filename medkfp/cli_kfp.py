@@ -10,7 +10,7 @@ import inspect
 import json
 
 from medkfp import vocab
-from medkfp.cli import add_run_parameters, parse_min_recall
+from medkfp.cli import add_compile_options, add_run_parameters, parse_min_recall
 from medkfp.pipelines import configs
 from medkfp.pipelines.kubeflow_runner import DEFAULT_EXPERIMENT, DEFAULT_WAIT_TIMEOUT
 from medkfp.store import DEFAULT_S3_STORE
@@ -171,14 +171,7 @@ def add_pipeline_options(s: argparse.ArgumentParser) -> None:
                    help=f"the store the pods use, over S3 (default {DEFAULT_S3_STORE})")
     s.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                    help=f"KFP experiment, created when missing (default {DEFAULT_EXPERIMENT})")
-    s.add_argument("--image", help=f"image of every step (default {vocab.COMPONENT_IMAGE})")
-    s.add_argument("--gpu-image", help="image of the train step (default: --image with a -gpu tag suffix, "
-                   f"else {vocab.GPU_COMPONENT_IMAGE})")
-    s.add_argument("--gpus", type=int, default=configs.GPU_COUNT, help="GPUs per train task")
-    s.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
-                   help="node label the train task needs (repeatable)")
-    s.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
-                   help="taint the train task tolerates (repeatable; default nvidia.com/gpu:NoSchedule)")
+    add_compile_options(s)
 
 
 def add_parsers(sub) -> None:
