@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -431,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subprocess: steps run in this Python; docker: each step in its own container "
                    "of --image through the Docker API (Docker, or Podman's socket via DOCKER_HOST)")
     s.add_argument("--image", help=f"the steps' image with --runner docker (default {vocab.COMPONENT_IMAGE})")
-    s.set_defaults(func=cmd_run)
+    s.set_defaults(func=cmd_run, needs_tensorflow=True)
 
     s = sub.add_parser("compile", help="compile the pipeline YAML for the KFP UI")
     s.add_argument("--out", default="pipeline.yaml")
@@ -446,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="layout of the source (default: the model's dataset, else imagefolder)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--report", help="write the HTML report (per-class table, confusion matrix) here")
-    s.set_defaults(func=cmd_evaluate)
+    s.set_defaults(func=cmd_evaluate, needs_tensorflow=True)
 
     s = sub.add_parser("serve", help="serve the model repository over TF Serving's gRPC API")
     s.add_argument("--store")
@@ -471,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-enqueued-batches", type=int,
                    help="batching: batches that may wait; beyond, requests get UNAVAILABLE (default 100)")
     s.add_argument("--num-batch-threads", type=int, help="batching: batches run at once (default 2)")
-    s.set_defaults(func=cmd_serve)
+    s.set_defaults(func=cmd_serve, needs_tensorflow=True)
 
     s = sub.add_parser("serving-sync", help="mirror models.config and its versions for TF Serving")
     s.add_argument("--store")
@@ -498,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--rest-json", action="store_true",
                         help="print it shaped like TF Serving's REST predict response")
     s.add_argument("images", nargs="+", metavar="IMAGE")
-    s.set_defaults(func=cmd_predict)
+    s.set_defaults(func=cmd_predict, needs_tensorflow=True)
 
     s = sub.add_parser("models", help="the model repository")
     models = s.add_subparsers(dest="models_command", required=True)
@@ -515,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--class-names", help="comma-separated class names, in the model's output order")
     m.add_argument("--keep", type=int, default=vocab.DEFAULT_KEEP_VERSIONS,
                    help="versions to keep in the repository (the served ones are always kept)")
-    m.set_defaults(func=cmd_models_publish)
+    m.set_defaults(func=cmd_models_publish, needs_tensorflow=True)
     m = models.add_parser("rollback", help="make the previous stable version stable again")
     m.add_argument("--model", required=True)
     m.add_argument("--store")
@@ -548,6 +549,25 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, ValueError, FileNotFoundError, *loaded)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while inside.
+
+    TensorFlow's C++ start-up lines (absl's pre-init warning, oneDNN, the CUDA stub, CPU
+    features) go straight to fd 2 and ignore TF_CPP_MIN_LOG_LEVEL; Python's own errors are
+    raised as usual and printed after the block.
+    """
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
@@ -555,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "needs_tensorflow", False) and not args.verbose:
+        with native_stderr_silenced():
+            import tensorflow  # noqa: F401 (imported here so its start-up lines stay out of the terminal)
     try:
         args.func(args)
     except KeyboardInterrupt:
