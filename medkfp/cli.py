@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="store URI (default: $MEDKFP_STORE, s3://medkfp or .medkfp/store)")
     s.add_argument("--summary", help="write the run summary JSON here")
     s.add_argument("--pipeline-root", help="where kfp.local keeps task outputs and run.log")
-    s.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+    s.add_argument("--runner", choices=configs.RUNNERS, default=configs.SUBPROCESS_RUNNER,
                    help="subprocess: steps run in this Python; docker: each step in its own container "
                    "of --image through the Docker API (Docker, or Podman's socket via DOCKER_HOST)")
     s.add_argument("--image", help=f"the steps' image with --runner docker (default {vocab.COMPONENT_IMAGE})")

@@ -13,6 +13,9 @@ PIPELINE_DESCRIPTION = (
 )
 
 DEFAULT_GRID = "quick"
+# `medkfp run --runner`: every step a subprocess of this Python, or its own container of the image.
+SUBPROCESS_RUNNER, DOCKER_RUNNER = "subprocess", "docker"
+RUNNERS = (SUBPROCESS_RUNNER, DOCKER_RUNNER)
 # 0: each candidate's own epochs (the grid's; 10 when it names none).
 DEFAULT_EPOCHS = 0
 # 0: the grid's image size (paper: 224 px covid19-radiography, 256 px mias), else 64.

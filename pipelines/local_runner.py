@@ -1,4 +1,4 @@
-"""Run the pipeline on this machine with kfp.local's SubprocessRunner."""
+"""Run the pipeline on this machine with kfp.local: steps as subprocesses, or each in its own container."""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ from medkfp.pipelines.pipeline import Images, build_pipeline, medkfp_pipeline
 from medkfp.pipelines.run_log import StepLog
 from medkfp.store import open_store
 
-SUBPROCESS, DOCKER = "subprocess", "docker"
-RUNNERS = (SUBPROCESS, DOCKER)
-
 
 class PipelineFailed(RuntimeError):
     """A step failed; the message carries the step's own error and the log's path."""
@@ -42,7 +39,7 @@ def _pipeline_and_runner(runner: str, image: str | None, root: Path, inputs: lis
 
     `inputs` are the source and labels URIs: the local ones are mounted into the containers.
     """
-    if runner == SUBPROCESS:
+    if runner == c.SUBPROCESS_RUNNER:
         return medkfp_pipeline, local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
     from medkfp import containers
 
@@ -74,7 +71,7 @@ def run_local(
     min_recall: dict[str, float] | None = None,
     weights: str = c.DEFAULT_WEIGHTS,
     freeze_backbone: bool = False,
-    runner: str = SUBPROCESS,
+    runner: str = c.SUBPROCESS_RUNNER,
     image: str | None = None,
     labels: str = "",
     require_significant: bool = False,
@@ -87,12 +84,12 @@ def run_local(
     here first, so a bad grid or an unreachable endpoint fails before any step runs. Raises
     PipelineFailed with the failing step's error message when a step fails.
     """
-    if runner not in RUNNERS:
-        raise ValueError(f"unknown runner {runner!r}: use one of {', '.join(RUNNERS)}")
+    if runner not in c.RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}: use one of {', '.join(c.RUNNERS)}")
     if dataset not in vocab.DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(vocab.DATASETS)}")
     store_uri = open_store(store).uri
-    if runner == DOCKER and not store_uri.startswith("s3://"):
+    if runner == c.DOCKER_RUNNER and not store_uri.startswith("s3://"):
         raise ValueError(
             f"--runner docker needs an S3 store, not {store_uri}: step containers exchange data through "
             "the object store (set AWS_ENDPOINT_URL_S3 and the keys), or use --runner subprocess"
