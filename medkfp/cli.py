@@ -186,7 +186,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from medkfp.serving.server import RequestLimits, serve
+    from medkfp.serving.server import RequestLimits, ServerOptions, serve
     from medkfp.serving.tfserving import TF_SERVING, choose_engine, serve_with_tfserving
 
     batching = _batching_parameters(args)
@@ -204,11 +204,11 @@ def cmd_serve(args) -> None:
         if args.store:
             raise UsageError("the built-in server serves --store or a --model-dir mirror, not both")
         source = MirrorStore(args.model_dir)
-    serve(
-        source, port=args.port, host=args.host, poll_interval=args.poll,
+    serve(source, ServerOptions(
+        port=args.port, host=args.host, poll_interval=args.poll,
         limits=RequestLimits(args.max_image_pixels, args.max_batch),
         max_message_bytes=args.max_request_mb * 1024 * 1024, batching=batching,
-    )
+    ))
 
 
 BATCHING_FLAGS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
@@ -234,7 +234,7 @@ def _batching_parameters(args):
 def cmd_serving_sync(args) -> None:
     import threading
 
-    from medkfp.serving.server import stop_on_signals
+    from medkfp.serving.process import stop_on_signals
     from medkfp.serving.sync import ServingSync
     from medkfp.store import open_store
 
@@ -461,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-image-pixels", type=int, default=vocab.MAX_IMAGE_PIXELS,
                    help="built-in: largest image (width x height) accepted, read from its header")
     s.add_argument("--max-batch", type=int, default=256, help="built-in: most images per request")
-    s.add_argument("--max-request-mb", type=int, default=64, help="built-in: largest request message")
+    s.add_argument("--max-request-mb", type=int, default=vocab.MAX_MESSAGE_BYTES // 2**20,
+                   help="built-in: largest request message")
     s.add_argument("--enable-batching", action="store_true",
                    help="built-in: run concurrent requests for one model version and signature as one batch")
     s.add_argument("--batching-parameters-file",

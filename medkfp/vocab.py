@@ -254,3 +254,17 @@ def default_model_name(dataset: str, source: str, label: str = "class") -> str:
     for suffix in (".zip", ".tar.gz", ".tgz", ".tar"):
         name = name.removesuffix(suffix)
     return name.lower().replace(" ", "-").replace("_", "-") or IMAGEFOLDER
+
+
+# --- model server: limits, defaults ------------------------------------------------------
+# The built-in server (serving/server.py), its client (serving/client.py) and `medkfp serve`
+# read these; the gRPC port is DEFAULT_GRPC_PORT above.
+
+# Largest gRPC message (a Predict request or response) the built-in server and the client
+# accept; `medkfp serve --max-request-mb` changes the server's.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Most images in one Predict request to the built-in server (`--max-batch`).
+DEFAULT_MAX_BATCH = 256
+# The address the built-in server binds (`--host`), and how often it re-reads models.config.
+DEFAULT_SERVE_HOST = "0.0.0.0"
+DEFAULT_POLL_SECONDS = 5.0

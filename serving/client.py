@@ -32,7 +32,6 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 RETRIES = 2
 BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Images go in batches well below the server's default 64 MiB message limit, and every
 # batch after the first is pinned to the version that answered the first one, so a
 # version swap on the server in the middle of a long run cannot mix two models' answers.
@@ -69,8 +68,8 @@ def _channel(address: str) -> Iterator[grpc.Channel]:
     channel = grpc.insecure_channel(
         address,
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", vocab.MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", vocab.MAX_MESSAGE_BYTES),
         ],
     )
     try:

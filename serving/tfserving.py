@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from medkfp import vocab
-from medkfp.serving.server import ServeError, configure_logging, stop_on_signals
+from medkfp.serving.process import ServeError, configure_logging, stop_on_signals
 from medkfp.serving.sync import PENDING_RECHECK_SECONDS, ServingSync, SyncReport
 from medkfp.store import StoreError, open_store
 
@@ -74,7 +74,7 @@ def serve_with_tfserving(
     store_uri: str | None,
     model_dir: str | Path = vocab.DEFAULT_SERVING_DIR,
     port: int = vocab.DEFAULT_GRPC_PORT,
-    poll_interval: float = 5.0,
+    poll_interval: float = vocab.DEFAULT_POLL_SECONDS,
     binary: str | None = None,
     ready_event: threading.Event | None = None,
     stop_event: threading.Event | None = None,

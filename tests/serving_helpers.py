@@ -1,4 +1,5 @@
-"""Builders shared by the serving tests: tiny exported models, images, a store that fails on cue."""
+"""Helpers shared by the serving tests: tiny exported models, images, a store that fails on cue,
+a bare-stub Predict and a poll-until-true."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from medkfp import vocab
 from medkfp.imaging import export_serving_model
 from medkfp.store import Store, StoreError
 
@@ -117,3 +121,18 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
     while not condition():
         assert time.monotonic() < deadline, f"{what} not met within {timeout:.0f} s"
         time.sleep(0.05)
+
+
+def stub_predict(channel, model: str, images: list[bytes], timeout: float = 60.0,
+                 **spec) -> predict_pb2.PredictResponse:
+    """Predict over `channel` with a client made only of the tensorflow-serving-api stubs;
+    `spec` is version=N or label=NAME."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = vocab.SIGNATURE
+    if "version" in spec:
+        request.model_spec.version.value = spec["version"]
+    if "label" in spec:
+        request.model_spec.version_label = spec["label"]
+    request.inputs[vocab.INPUT_KEY].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)

@@ -269,10 +269,8 @@ def test_serve_batching_flags_reach_the_server(store, tmp_path, monkeypatch):
     (tmp_path / "b.config").write_text("max_batch_size { value: 4 }\nnum_batch_threads { value: 3 }\n")
     seen = {}
 
-    def serve_once(source, **kwargs):
-        for name in ("max_message_bytes", "port", "host"):
-            kwargs.pop(name)
-        handle = start_server(source, port=0, host="127.0.0.1", cache_dir=tmp_path / "cache", **kwargs)
+    def serve_once(source, options):
+        handle = start_server(source, options, port=0, host="127.0.0.1", cache_dir=tmp_path / "cache")
         try:
             seen["parameters"] = handle.batcher.parameters
             seen["answer"] = predict(handle, IMAGES[:2])

@@ -17,8 +17,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_helpers import CLASSES, FailingStore, export_model, png, wait_for
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from serving_helpers import CLASSES, FailingStore, export_model, png, stub_predict, wait_for
 
 from medkfp import vocab
 from medkfp.model_repository import CONFIG_KEY, ModelRepository
@@ -39,18 +38,6 @@ def models(tmp_path_factory):
 
 def publish(repo: ModelRepository, saved_model) -> int:
     return repo.publish("m", saved_model, {"class_names": CLASSES}, keep=None)
-
-
-def stub_predict(stub, **spec) -> predict_pb2.PredictResponse:
-    """Predict with a client made only of tensorflow-serving-api stubs."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "m"
-    if "version" in spec:
-        request.model_spec.version.value = spec["version"]
-    if "label" in spec:
-        request.model_spec.version_label = spec["label"]
-    request.inputs[vocab.INPUT_KEY].CopyFrom(tf.make_tensor_proto(IMAGES, dtype=tf.string))
-    return stub.Predict(request, timeout=30)
 
 
 def answer(response) -> tuple[int, list[str], np.ndarray]:
@@ -85,7 +72,6 @@ class Clients:
     def _run(self, index: int) -> None:
         how = ("default", "label", "client", "default")[index % 4]
         with grpc.insecure_channel(self.address) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             while not self._stop.is_set():
                 try:
                     if how == "client":
@@ -93,7 +79,7 @@ class Clients:
                         version, classes = result["version"], [p["class"] for p in result["predictions"]]
                     else:
                         spec = {"label": vocab.STABLE_LABEL} if how == "label" else {}
-                        version, classes, _ = answer(stub_predict(stub, **spec))
+                        version, classes, _ = answer(stub_predict(channel, "m", IMAGES, **spec))
                     with self._lock:
                         self.answers[(how, version, classes[0])] += 1
                 except Exception as e:  # every failure is a dropped request
@@ -106,12 +92,12 @@ class Clients:
 
 def answered_by(address: str, **spec) -> int:
     with grpc.insecure_channel(address) as channel:
-        return answer(stub_predict(prediction_service_pb2_grpc.PredictionServiceStub(channel), **spec))[0]
+        return answer(stub_predict(channel, "m", IMAGES, **spec))[0]
 
 
 def answers_of(address: str, **spec):
     with grpc.insecure_channel(address) as channel:
-        return answer(stub_predict(prediction_service_pb2_grpc.PredictionServiceStub(channel), **spec))
+        return answer(stub_predict(channel, "m", IMAGES, **spec))
 
 
 def test_hot_swap_and_rollback_drop_no_request(s3_env, tmp_path, models):
@@ -184,11 +170,11 @@ def test_sigterm_lets_running_requests_finish(tmp_path, models, monkeypatch):
     signal comes. Every request the server started must reach its client; the only
     failures allowed are UNAVAILABLE for requests sent after the server was gone.
     """
-    from medkfp.serving import server as server_module
+    from medkfp.serving import handlers
 
     handled = Counter()
     lock = threading.Lock()
-    run = server_module._run
+    run = handlers._run
 
     def count(key: str) -> None:
         with lock:
@@ -201,7 +187,7 @@ def test_sigterm_lets_running_requests_finish(tmp_path, models, monkeypatch):
         count("finished")
         return outputs
 
-    monkeypatch.setattr(server_module, "_run", slow_run)
+    monkeypatch.setattr(handlers, "_run", slow_run)
     store = LocalStore(tmp_path / "store")
     publish(ModelRepository(store), models["a"])
     port = free_port()

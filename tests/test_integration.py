@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import write_shapes_folder
+from serving_helpers import stub_predict
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -70,18 +70,6 @@ def check_ui_reports(pipeline_root, candidates: int, decision: str) -> None:
     comparisons = [p for p in pipeline_root.rglob("comparison") if p.is_file()]
     assert len(comparisons) == 1 and decision in comparisons[0].read_text()
     assert "\u2713 selected" in comparisons[0].read_text()
-
-
-def stub_predict(channel, model: str, images: list[bytes], **spec) -> predict_pb2.PredictResponse:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = vocab.SIGNATURE
-    if "version" in spec:
-        request.model_spec.version.value = spec["version"]
-    if "label" in spec:
-        request.model_spec.version_label = spec["label"]
-    request.inputs[vocab.INPUT_KEY].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
 
 
 def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):

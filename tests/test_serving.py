@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 
@@ -12,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_helpers import CLASSES, SIZE, encoded, export_model, png, png_bomb
+from serving_helpers import CLASSES, SIZE, encoded, export_model, png, png_bomb, wait_for
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -24,6 +23,7 @@ from tensorflow_serving.apis import (
 from medkfp import vocab
 from medkfp.cli import main
 from medkfp.model_repository import ModelRepository
+from medkfp.s3server import free_port
 from medkfp.serving import client
 from medkfp.serving.server import RequestLimits, ServeError, serve, start_server
 from medkfp.store import LocalStore
@@ -399,26 +399,12 @@ def test_normalize_address():
 # --- reloading -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port that was free a moment ago (serve() blocks, so it cannot report port 0's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def available(address: str, model: str = "m") -> list[int]:
     return [s["version"] for s in client.model_status(address, model) if s["state"] == "AVAILABLE"]
 
 
 def test_new_versions_are_picked_up_without_failing_requests(export_dir, tmp_path, caplog):
-    caplog.set_level("INFO", logger="medkfp.serving.server")
+    caplog.set_level("INFO", logger="medkfp.serving.models")
     store = LocalStore(tmp_path / "store")
     repo = ModelRepository(store)
     repo.publish("m", export_dir, {"class_names": CLASSES})
