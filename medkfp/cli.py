@@ -19,7 +19,8 @@ class UsageError(ValueError):
 
 
 def cmd_synth(args) -> None:
-    from medkfp import synth, synth_dicom
+    from medkfp import synth
+    from medkfp.synth import dicom as synth_dicom
 
     counts = [int(n) for n in args.counts.split(",")] if args.counts else None
     writers = {

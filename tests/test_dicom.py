@@ -1,7 +1,7 @@
 """DICOM: windowing one documented way, de-identification before the store, patients as split
 groups, broken objects rejected with reasons, and DICOM straight to the served model.
 
-Every DICOM file here is written by the test with pydicom (medkfp.synth_dicom): CR/DX films,
+Every DICOM file here is written by the test with pydicom (medkfp.synth.dicom): CR/DX films,
 MONOCHROME1 and MONOCHROME2, 12- and 16-bit stored values with rescale and window, RLE
 Lossless and JPEG 2000 Lossless, several films per patient, planted names and IDs.
 """
@@ -21,13 +21,14 @@ import pytest
 from PIL import Image
 from pydicom.uid import RLELossless
 
-from medkfp import dicom, synth_dicom, vocab
+from medkfp import dicom, vocab
 from medkfp.cli import main
 from medkfp.components.ingest.layouts import LayoutError
 from medkfp.components.ingest.logic import ingest, read_manifest
 from medkfp.plan import plan
 from medkfp.store import LocalStore
-from medkfp.synth_dicom import Patient, Storage, film_dataset, to_bytes
+from medkfp.synth import dicom as synth_dicom
+from medkfp.synth.dicom import Patient, Storage, film_dataset, to_bytes
 
 SALT = "test-salt-never-stored-7d1e"
 

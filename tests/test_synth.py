@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medkfp.synth import (
-    MIAS_COORDINATE_SIZE,
-    MIAS_DIR,
-    MIAS_INFO_FILE,
-    MIAS_INFO_HEADER,
-    MIAS_STUDY_COUNTS,
-    synth_covid,
-    synth_mias,
-)
-from medkfp.vocab import COVID_CLASSES, COVID_ROOT, MIAS_CLASSES
+from medkfp.synth import synth_covid, synth_mias
+from medkfp.synth.mias import MIAS_COORDINATE_SIZE, MIAS_INFO_HEADER, MIAS_STUDY_COUNTS
+from medkfp.vocab import COVID_CLASSES, COVID_ROOT, MIAS_CLASSES, MIAS_DIR, MIAS_INFO_FILE
 
 # --- helpers --------------------------------------------------------------------------------------
 

@@ -1,16 +1,4 @@
-"""Synthetic hospital DICOM exports: CR/DX films of fake patients, as a PACS writes them.
-
-`medkfp synth dicom` and the tests use it. Each film is a cartoon chest film (medkfp.synth's
-drawing) stored the ways real exports store radiographs: MONOCHROME1 and MONOCHROME2, 12- and
-16-bit stored values with a rescale slope/intercept, a window centre/width, a VOI LUT or
-neither, uncompressed, RLE Lossless or JPEG 2000 Lossless, with and without a .dcm name.
-Every header carries fake but realistic identifying data (names, patient IDs, birth dates,
-accession numbers, the institution, UIDs) that ingest must remove, and patients have several
-films, sometimes of different classes. Broken files sit beside them: a truncated film, an image
-object without pixel data and a structured report.
-
-Everything is seeded: the same seed gives the same files.
-"""
+"""Synthetic hospital DICOM exports: CR/DX films of fake patients, as a PACS writes them."""
 
 from __future__ import annotations
 
@@ -19,25 +7,32 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    RLELossless,
-    generate_uid,
-)
 
-from medkfp import synth
+from medkfp.synth.common import (
+    DICOM_BROKEN_TAG,
+    DICOM_FILM_TAG,
+    DICOM_LABELS_TAG,
+    DICOM_PATIENTS_TAG,
+    MIN_SIZE,
+    progress_bar,
+)
+from medkfp.synth.covid import covid_image
+from medkfp.synth.drawing import Grid
+from medkfp.vocab import COVID_CLASSES
+
+# pydicom is imported by the functions that use it: the other synthetic sets, and `medkfp synth`
+# for them, do not pay for it.
+if TYPE_CHECKING:
+    import pydicom
 
 # openjpeg logs every tile it encodes at INFO.
 logging.getLogger("openjpeg").setLevel(logging.WARNING)
 
 CLASSES = ("Normal", "Opacity")
-# The cartoon of medkfp.synth drawn for each class.
+# The COVID-19 radiography cartoon drawn for each class.
 _CARTOON = {"Normal": "Normal", "Opacity": "Lung_Opacity"}
 DEFAULT_PER_CLASS = 20
 DEFAULT_SIZE = 128
@@ -47,6 +42,10 @@ FLAT_DIR = "images"
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+# Transfer syntax UIDs (as in pydicom.uid, which is not imported at module level).
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 SURNAMES = ("Kowalczyk", "Oyelaran", "Hartmann", "Sasongko", "Delacroix", "Nakamura", "Fitzgerald",
             "Wibisono", "Haraldsen", "Castellanos")
 GIVEN = ("Marguerite", "Adewale", "Ingeborg", "Rahmawati", "Thaddeus", "Keiko", "Lucinda", "Bramantyo")
@@ -63,16 +62,16 @@ class Storage:
     slope: float = 1.0
     intercept: float = 0.0
     voi: str = "window"  # window | voi_lut | none
-    transfer_syntax: str = ExplicitVRLittleEndian
+    transfer_syntax: str = EXPLICIT_VR_LITTLE_ENDIAN
 
 
 # The export's storage variants, used in turn.
 VARIANTS = (
     Storage("CR", "MONOCHROME2", 12),
-    Storage("DX", "MONOCHROME1", 16, 0.5, -1024.0, "window", RLELossless),
+    Storage("DX", "MONOCHROME1", 16, 0.5, -1024.0, "window", RLE_LOSSLESS),
     Storage("DX", "MONOCHROME2", 16, 1.0, 0.0, "none"),
     Storage("CR", "MONOCHROME1", 12, 1.0, 0.0, "voi_lut"),
-    Storage("DX", "MONOCHROME2", 12, 1.0, -512.0, "window", JPEG2000Lossless),
+    Storage("DX", "MONOCHROME2", 12, 1.0, -512.0, "window", JPEG2000_LOSSLESS),
 )
 
 
@@ -101,6 +100,7 @@ def film_dataset(display: np.ndarray, patient: Patient, storage: Storage = Stora
     `display` holds values in 0..1 (white = dense); they are spread over the stored range so
     that the header's window (or VOI LUT) shows them again, to within rounding.
     """
+    import pydicom
     d = np.clip(np.asarray(display, dtype=np.float64), 0, 1)
     top = 2 ** storage.bits_stored - 1
     ds = _header(patient, storage, instance, sop_uid, d.shape)
@@ -129,21 +129,25 @@ def film_dataset(display: np.ndarray, patient: Patient, storage: Storage = Stora
         ds.VOILUTSequence = [item]
     ds.PixelData = stored.tobytes()
     syntax = storage.transfer_syntax
-    if syntax == JPEG2000Lossless and min(d.shape) < J2K_MIN_SIDE:
-        syntax = RLELossless  # openjpeg's 6 wavelet levels need 32 px on each side
-    if syntax != ExplicitVRLittleEndian:
+    if syntax == JPEG2000_LOSSLESS and min(d.shape) < J2K_MIN_SIDE:
+        syntax = RLE_LOSSLESS  # openjpeg's 6 wavelet levels need 32 px on each side
+    if syntax != EXPLICIT_VR_LITTLE_ENDIAN:
         ds.compress(syntax, stored, generate_instance_uid=False)
     return ds
 
 
 def _header(patient: Patient, storage: Storage, instance: int, sop_uid: str | None,
             shape) -> pydicom.FileDataset:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
+
     sop_class = CR_STORAGE if storage.modality == "CR" else DX_STORAGE
     sop_uid = sop_uid or generate_uid(entropy_srcs=[patient.study_uid, str(instance)])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = pydicom.FileDataset("", pydicom.Dataset(), file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
@@ -177,6 +181,8 @@ def to_bytes(ds: pydicom.Dataset) -> bytes:
 
 def structured_report(patient: Patient, instance: int = 900) -> pydicom.FileDataset:
     """A Basic Text SR about the patient: a DICOM object with no pixels."""
+    import pydicom
+
     ds = _header(patient, Storage(), instance, None, (1, 1))
     for keyword in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
                     "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
@@ -205,7 +211,9 @@ def broken_films(patient: Patient, display: np.ndarray) -> dict[str, bytes]:
 
 def make_patients(n: int, seed: int) -> list[Patient]:
     """`n` fake patients with distinct names, IDs, birth dates and accession numbers."""
-    rng = np.random.default_rng([seed, 11])
+    from pydicom.uid import generate_uid
+
+    rng = np.random.default_rng([seed, DICOM_PATIENTS_TAG])
     patients = []
     for k in range(n):
         name = f"{SURNAMES[k % len(SURNAMES)]}^{GIVEN[(k // len(SURNAMES) + k) % len(GIVEN)]}"
@@ -227,6 +235,14 @@ def synth_dicom(out_dir, per_class: int | None = None, counts: list[int] | None 
                 broken: bool = True, progress: bool = False) -> dict[str, int]:
     """Write a labelled synthetic DICOM export to `out_dir`; returns images per class.
 
+    Each film is a COVID-19 radiography cartoon (Normal or Lung_Opacity) stored the ways real
+    exports store radiographs (VARIANTS, in turn): MONOCHROME1 and MONOCHROME2, 12- and 16-bit
+    stored values with a rescale slope/intercept, a window centre/width, a VOI LUT or neither,
+    uncompressed, RLE Lossless or JPEG 2000 Lossless, with and without a .dcm name. Every header
+    carries fake but realistic identifying data (names, patient IDs, birth dates, accession
+    numbers, the institution, UIDs) that ingest must remove, and patients have several films,
+    sometimes of different classes. The same seed gives the same files.
+
     layout "imagefolder": <out>/<Class>/<file> (files named IMnnnnn.dcm, every third with no
     extension); "flat": <out>/images/<file> and <out>/labels.csv (SOPInstanceUID,label).
     Patients have 1 to 4 films. With `broken`, the broken objects of broken_films() are added
@@ -236,28 +252,28 @@ def synth_dicom(out_dir, per_class: int | None = None, counts: list[int] | None 
         raise ValueError(f"unknown layout {layout!r}: use imagefolder or flat")
     if counts is not None and len(counts) != len(CLASSES):
         raise ValueError(f"--counts needs {len(CLASSES)} numbers ({', '.join(CLASSES)})")
-    if size < synth.MIN_SIZE:
-        raise ValueError(f"--size must be at least {synth.MIN_SIZE} pixels, got {size}")
+    if size < MIN_SIZE:
+        raise ValueError(f"--size must be at least {MIN_SIZE} pixels, got {size}")
     counts = list(counts or [per_class or DEFAULT_PER_CLASS] * len(CLASSES))
     if min(counts) < 1:
         raise ValueError("every class needs at least one image")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, DICOM_LABELS_TAG])
     labels = rng.permutation([c for c, n in zip(CLASSES, counts) for _ in range(n)])
     sizes, total = [], len(labels)
     while sum(sizes) < total:
         sizes.append(min(int(rng.integers(1, 5)), total - sum(sizes)))
     patients = make_patients(len(sizes), seed)
-    grid = synth._Grid(size)
+    grid = Grid(size)
     rows = []
     image = 0
-    with synth._progress_bar(progress, "writing DICOM films", total) as advance:
+    with progress_bar(progress, "writing DICOM films", total) as advance:
         for patient, films in zip(patients, sizes):
             for _ in range(films):
                 label = str(labels[image])
-                film_rng = np.random.default_rng([seed, 13, image])
-                cartoon, _ = synth._covid_image(film_rng, synth.COVID_CLASSES.index(_CARTOON[label]), grid)
+                film_rng = np.random.default_rng([seed, DICOM_FILM_TAG, image])
+                cartoon, _ = covid_image(film_rng, COVID_CLASSES.index(_CARTOON[label]), grid)
                 storage = VARIANTS[image % len(VARIANTS)]
                 ds = film_dataset(cartoon / 255.0, patient, storage, instance=image + 1)
                 name = f"IM{image:05d}" + ("" if image % 3 == 2 else ".dcm")
@@ -265,7 +281,7 @@ def synth_dicom(out_dir, per_class: int | None = None, counts: list[int] | None 
                 image += 1
                 advance()
     if broken:
-        cartoon, _ = synth._covid_image(np.random.default_rng([seed, 17]), 2, grid)
+        cartoon, _ = covid_image(np.random.default_rng([seed, DICOM_BROKEN_TAG]), 2, grid)
         for name, data in broken_films(patients[0], cartoon / 255.0).items():
             rows.append(_write(out, layout, CLASSES[0], name, data, ""))
     if layout == "flat":
