@@ -38,12 +38,13 @@ FEED_TARGET = 3000  # images/s: a ResNet50 on one modern GPU trains at a few tho
 
 def make_shards(work: Path, images: int, image_size: int) -> tuple[list[str], dict[str, int]]:
     """Train shard paths and the balance-none repeats of a synthetic set of `images` images."""
-    from medkfp.components.balance.logic import balance, read_repeats
+    from medkfp.components.balance.logic import balance
     from medkfp.components.ingest.logic import ingest
     from medkfp.components.preprocess.logic import preprocess
-    from medkfp.components.train.logic import download_shards
+    from medkfp.shards import download_shards
     from medkfp.store import open_store
     from medkfp.synth import synth_covid
+    from medkfp.tables import read_repeats
 
     synth_covid(work / "data", per_class=images // 4, size=image_size, progress=sys.stderr.isatty())
     store = open_store(str(work / "store"))

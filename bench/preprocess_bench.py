@@ -109,7 +109,7 @@ def measure_limit(raw_dir: str, image_size: int) -> dict:
 
 def bare_uploads(folder: Path, store_uri: str, workers: int) -> dict:
     """PUT every image's bytes to the store with `workers` threads; images/s."""
-    from medkfp.components.ingest.parallel import upload_all
+    from medkfp.parallel import upload_all
     from medkfp.store import open_store
 
     store = open_store(store_uri)

@@ -11,11 +11,8 @@ import sys
 from pathlib import Path
 
 from medkfp import vocab
+from medkfp.errors import UsageError, UserError
 from medkfp.pipelines import configs
-
-
-class UsageError(ValueError):
-    """A user-caused problem; printed as one line, exit status 2."""
 
 
 def cmd_synth(args) -> None:
@@ -165,7 +162,7 @@ def cmd_compile(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from medkfp.components.evaluate.external import evaluate_external
+    from medkfp.external_evaluation import evaluate_external
 
     result = evaluate_external(args.model, args.source, args.dataset, report_path=args.report)
     if args.json:
@@ -531,26 +528,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Errors a user can cause, by module. Only modules already imported are looked at: an
-# exception can only come from a module that ran, and importing the others here would make
-# every error message pay for TensorFlow and KFP.
-USER_ERRORS = {
-    "medkfp.components.ingest.layouts": "LayoutError",
-    "medkfp.store": "StoreError",
-    "medkfp.pipelines.local_runner": "PipelineFailed",
-    "medkfp.containers": "ContainerError",
-    "medkfp.serving.client": "ServingError",
-    "medkfp.serving.server": "ServeError",
-    "medkfp.pipelines.kubeflow_runner": "KfpError",
-}
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the user must fix something: shown as one line, no traceback."""
-    loaded = [getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules]
-    return (UsageError, ValueError, FileNotFoundError, *loaded)
-
-
 @contextlib.contextmanager
 def native_stderr_silenced():
     """Point file descriptor 2 at /dev/null while inside.
@@ -584,11 +561,17 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KeyboardInterrupt:
         return 130
-    except user_errors() as e:
+    except UserError as e:
         if args.verbose:
             raise
         print(f"medkfp: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a bug: one line here, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"medkfp: internal error: {type(e).__name__}: {e} (run with -v for the traceback, "
+              "and report it)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 
 from medkfp import vocab
 from medkfp.cli import add_compile_options, add_run_parameters, parse_min_recall
+from medkfp.errors import InvalidInput, UsageError
 from medkfp.pipelines import configs
 from medkfp.pipelines.kubeflow_runner import DEFAULT_EXPERIMENT, DEFAULT_WAIT_TIMEOUT
 from medkfp.store import DEFAULT_S3_STORE
@@ -27,12 +28,12 @@ def pipeline_arguments(args: argparse.Namespace) -> dict:
 
     for option, uri in (("--source", args.source), ("--store", args.store)):
         if not uri.startswith("s3://"):
-            raise ValueError(
+            raise InvalidInput(
                 f"{option} {uri}: the pipeline's pods read and write the store over S3, not this "
                 "machine's files; upload the images (aws s3 cp --recursive, mc cp -r) and pass s3://bucket/prefix"
             )
     if args.label != "class" and args.dataset != vocab.MIAS:
-        raise ValueError(f"--label {args.label} needs --dataset {vocab.MIAS}: {args.dataset} has no severity")
+        raise UsageError(f"--label {args.label} needs --dataset {vocab.MIAS}: {args.dataset} has no severity")
     weights = args.weights or configs.DEFAULT_WEIGHTS
     expand_grid(args.grid, args.dataset, args.epochs, args.image_size, weights, args.freeze_backbone)
     arguments = dict(
@@ -71,9 +72,9 @@ def check_recall_floors(floors: dict[str, float], dataset: str, label: str) -> d
         known = vocab.SEVERITY_CLASSES
     for name, floor in floors.items():
         if known is not None and name not in known:
-            raise ValueError(f"--min-recall names class {name!r}, which is not one of {', '.join(known)}")
+            raise InvalidInput(f"--min-recall names class {name!r}, which is not one of {', '.join(known)}")
         if not 0 <= floor <= 1:
-            raise ValueError(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
+            raise InvalidInput(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
     return floors
 
 

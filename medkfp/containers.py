@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from medkfp import vocab
+from medkfp.errors import UserError
 
 # The variables a step needs to reach the object store (the standard ones every S3 tool reads).
 S3_ENVIRONMENT = (
@@ -17,7 +18,7 @@ S3_ENVIRONMENT = (
 PROJECT_ENVIRONMENT_PREFIX = "MEDKFP_"
 
 
-class ContainerError(RuntimeError):
+class ContainerError(UserError, RuntimeError):
     """No container engine answers, or the image is missing; the message says what to run."""
 
 

@@ -47,6 +47,8 @@ from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from medkfp.errors import UserError
+
 # Reading stays lenient, but silent: pydicom's validation warnings quote the offending value,
 # which can be a patient's name, and would carry it into the step logs.
 pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
@@ -85,7 +87,7 @@ TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "S
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 
-class DicomRejected(ValueError):
+class DicomRejected(UserError, ValueError):
     """A DICOM file that cannot become a training image; `kind` counts, the message says why.
 
     `scrub` holds the file's identifying header values, to be removed from its path before the

@@ -24,6 +24,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from medkfp.vocab import CONFIDENCE
+
 # The scalar metrics every evaluation reports (all: higher is better).
 SCALARS = (
     "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
@@ -33,7 +35,6 @@ SCALARS = (
 # in `per_class[c]["ci"]`.
 CI_SCALARS = ("accuracy", "balanced_accuracy", "macro_f1")
 CI_PER_CLASS = ("recall", "specificity")
-CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 ECE_BINS = 15

@@ -36,12 +36,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from google.protobuf import message, text_format
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from medkfp import vocab
+from medkfp.errors import InvalidInput, InvalidModelError
+from medkfp.model_card import model_card
 from medkfp.store import NotFound, PreconditionFailed, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 CONFIG_KEY = f"{vocab.MODELS_PREFIX}/{vocab.MODELS_CONFIG}"
 # How many versions models.config keeps loaded: the stable one and the one before it.
 LOADED_VERSIONS = 2
-SERVE_TAG = "serve"
 # Model names become folder names (in the store, the mirror and caches): no path tricks.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 # Created first in a version folder, with create-if-absent: whoever creates it owns the number.
@@ -58,10 +57,6 @@ RESERVATION_FILE = "reservation.json"
 RESERVED_FILES = (vocab.METADATA_FILE, vocab.MODEL_CARD_FILE, RESERVATION_FILE)
 # Conditional replaces of models.config that may lose to other writers before giving up.
 CONFIG_ATTEMPTS = 100
-
-
-class InvalidModelError(ValueError):
-    """A SavedModel that medkfp cannot serve (e.g. no serving_default taking image_bytes)."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -79,86 +74,10 @@ def sha256_file(path: str | Path) -> str:
 def check_model_name(model: str) -> None:
     """Raise ValueError unless `model` can name a served model (and a folder)."""
     if not MODEL_NAME.match(model or ""):
-        raise ValueError(
+        raise InvalidInput(
             f"invalid model name {model!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter, digit or '_'"
         )
-
-
-# --- SavedModel checks ----------------------------------------------------------------------
-
-
-def read_signature_defs(saved_model_dir: str | Path) -> dict:
-    """The SignatureDefs of the `serve` MetaGraph of a SavedModel, as TF Serving reports them.
-
-    Raises InvalidModelError when saved_model.pb is missing or unreadable.
-    """
-    path = Path(saved_model_dir) / "saved_model.pb"
-    if not path.is_file():
-        raise InvalidModelError(
-            f"{saved_model_dir} is not a SavedModel (no saved_model.pb): "
-            "export it with Keras model.export() or medkfp.imaging.export_serving_model"
-        )
-    saved_model = saved_model_pb2.SavedModel()
-    try:
-        saved_model.ParseFromString(path.read_bytes())
-    except message.DecodeError:
-        raise InvalidModelError(f"{path} is not a SavedModel protobuf: export the model again") from None
-    graphs = saved_model.meta_graphs
-    serving = [g for g in graphs if SERVE_TAG in g.meta_info_def.tags] or list(graphs[:1])
-    if not serving:
-        raise InvalidModelError(f"{path} holds no MetaGraph: export the model again")
-    return dict(serving[0].signature_def)
-
-
-def _dtype(info) -> str:
-    return types_pb2.DataType.Name(info.dtype)
-
-
-def check_servable(saved_model_dir: str | Path) -> dict:
-    """Check that a SavedModel has the serving contract medkfp clients rely on.
-
-    serving_default must take `image_bytes` (DT_STRING, shape [-1]) and return
-    `probabilities` (DT_FLOAT) and `classes` (DT_STRING). Returns a summary
-    {"signatures": [names], "inputs": {key: dtype}, "outputs": {key: dtype}} of
-    serving_default. Raises InvalidModelError with a one-line message naming what is wrong.
-    """
-    # __saved_model_init_op is TF's own bookkeeping, not a signature anyone calls.
-    signatures = {k: v for k, v in read_signature_defs(saved_model_dir).items() if not k.startswith("__")}
-    fix = (
-        f"export it with medkfp.imaging.export_serving_model, or give it a {vocab.SIGNATURE} "
-        f"signature taking {vocab.INPUT_KEY} (DT_STRING [-1]) and returning "
-        f"{vocab.OUTPUT_PROBABILITIES} (DT_FLOAT) and {vocab.OUTPUT_CLASSES} (DT_STRING)"
-    )
-    where = f"SavedModel {saved_model_dir}"
-    if vocab.SIGNATURE not in signatures:
-        names = ", ".join(sorted(signatures)) or "none"
-        raise InvalidModelError(f"{where} has no {vocab.SIGNATURE} signature (it has: {names}); {fix}")
-    signature = signatures[vocab.SIGNATURE]
-    image_bytes = signature.inputs.get(vocab.INPUT_KEY)
-    if image_bytes is None:
-        raise InvalidModelError(
-            f"{where}: {vocab.SIGNATURE} takes {', '.join(sorted(signature.inputs)) or 'no input'}, "
-            f"not {vocab.INPUT_KEY}; {fix}"
-        )
-    shape = image_bytes.tensor_shape
-    if image_bytes.dtype != types_pb2.DT_STRING or (not shape.unknown_rank and len(shape.dim) != 1):
-        dims = "?" if shape.unknown_rank else [d.size for d in shape.dim]
-        raise InvalidModelError(
-            f"{where}: input {vocab.INPUT_KEY} is {_dtype(image_bytes)} {dims}, "
-            f"not a batch of encoded images (DT_STRING [-1]); {fix}"
-        )
-    expected = {vocab.OUTPUT_PROBABILITIES: types_pb2.DT_FLOAT, vocab.OUTPUT_CLASSES: types_pb2.DT_STRING}
-    for key, dtype in expected.items():
-        info = signature.outputs.get(key)
-        if info is None or info.dtype != dtype:
-            got = _dtype(info) if info is not None else "missing"
-            raise InvalidModelError(f"{where}: {vocab.SIGNATURE} output {key} is {got}; {fix}")
-    return {
-        "signatures": sorted(signatures),
-        "inputs": {k: _dtype(v) for k, v in sorted(signature.inputs.items())},
-        "outputs": {k: _dtype(v) for k, v in sorted(signature.outputs.items())},
-    }
 
 
 def saved_model_files(saved_model_dir: Path) -> dict[str, Path]:
@@ -175,70 +94,6 @@ def saved_model_files(saved_model_dir: Path) -> dict[str, Path]:
             "move it out of the SavedModel folder"
         )
     return files
-
-
-# --- model card -----------------------------------------------------------------------------
-
-
-def _number(value, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
-
-
-def _metric_rows(per_class: dict) -> str:
-    return "\n".join(
-        f"| {name} | "
-        + " | ".join(_number(m.get(k), 3) for k in ("precision", "recall", "specificity", "f1"))
-        + f" | {m.get('support', 'n/a')} |"
-        for name, m in per_class.items()
-    )
-
-
-def default_model_card(model: str, version: int, metadata: dict) -> str:
-    """A Markdown model card from a version's metadata: data, metrics, intended use, limits."""
-    metrics = metadata.get("metrics") or {}
-    candidate = metadata.get("candidate") or {}
-    classes = metadata.get("class_names") or metrics.get("class_names") or []
-    lines = [
-        f"# Model card: {model} v{version}",
-        "",
-        "## Model",
-        f"- Candidate: {candidate.get('name', 'unknown (published from outside the pipeline)')}",
-        f"- Classes: {', '.join(classes) if classes else 'see the model'}",
-        f"- Input: `{vocab.SIGNATURE}` takes `{vocab.INPUT_KEY}`, the encoded PNG/JPEG file "
-        "bytes; decoding, resizing and preprocessing run inside the graph.",
-        f"- Run: {metadata.get('run_id', 'n/a')}; created {metadata.get('created', 'n/a')}",
-        "",
-        "## Data",
-        f"- Dataset: {metadata.get('dataset', 'not recorded')}",
-    ]
-    if metrics:
-        lines += [
-            "",
-            "## Metrics (held-out test split)",
-            f"- Accuracy {_number(metrics.get('accuracy'))}, balanced accuracy "
-            f"{_number(metrics.get('balanced_accuracy'))}, macro-F1 {_number(metrics.get('macro_f1'))}",
-        ]
-        if metrics.get("per_class"):
-            lines += [
-                "",
-                "| class | precision | recall | specificity | F1 | support |",
-                "|---|---|---|---|---|---|",
-                _metric_rows(metrics["per_class"]),
-            ]
-    lines += [
-        "",
-        "## Intended use",
-        "Research and workflow support, such as ordering a reading worklist. Every output is "
-        "to be reviewed by a qualified reader.",
-        "",
-        "## Limitations",
-        "- Not for diagnosis without clinical validation on the target site's data and devices.",
-        "- Metrics come from a held-out split of the training source; other scanners, sites or "
-        "populations can perform worse.",
-        "- Classes not in the list above are forced into one of them.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --- the repository -------------------------------------------------------------------------
@@ -414,16 +269,15 @@ class ModelRepository:
         model: str,
         saved_model_dir: str | Path,
         metadata: dict,
-        model_card: Callable[[int], str] | None = None,
         keep: int | None = vocab.DEFAULT_KEEP_VERSIONS,
     ) -> int:
         """Upload a SavedModel as the next version, verify it, then name it in models.config.
 
         `metadata` (dataset, candidate, class_names, metrics, run_id, created, ...) is stored
         with the version plus model_name, version, previous_version, signature and the
-        sha256 of every file. `model_card(version)` renders MODEL_CARD.md (default:
-        default_model_card). Afterwards only the newest `keep` versions are kept (plus the
-        served ones); None keeps all. Returns the new version number.
+        sha256 of every file, and MODEL_CARD.md (medkfp.model_card) from it. Afterwards only
+        the newest `keep` versions are kept (plus the served ones); None keeps all.
+        Returns the new version number.
 
         Raises ValueError (InvalidModelError) for a bad name or a SavedModel without the
         serving contract, StoreError if an upload or its verification fails; models.config
@@ -431,8 +285,10 @@ class ModelRepository:
         """
         check_model_name(model)
         if keep is not None and keep < 1:
-            raise ValueError(f"keep must be at least 1 version, got {keep}")
+            raise InvalidInput(f"keep must be at least 1 version, got {keep}")
         saved_model_dir = Path(saved_model_dir)
+        from medkfp.servable import check_servable  # reads TensorFlow's SavedModel protos
+
         signature = check_servable(saved_model_dir)
         files = saved_model_files(saved_model_dir)
         previous = self.stable_version(model)
@@ -448,7 +304,7 @@ class ModelRepository:
             "published": now,
             "signature": signature,
         }
-        card = (model_card or (lambda v: default_model_card(model, v, metadata)))(version)
+        card = model_card(model, version, metadata)
         checksums = self._upload(prefix, files, card)
         # The reservation is a file of the version too: listed, so the folder is fully described.
         checksums[RESERVATION_FILE] = sha256_bytes(self.store.get_bytes(f"{prefix}/{RESERVATION_FILE}"))
@@ -564,18 +420,18 @@ class ModelRepository:
         """
         stable = self.stable_version(model)
         if stable is None:
-            raise ValueError(f"model {model!r} is not served from {self.store.uri}: nothing to roll back")
+            raise InvalidInput(f"model {model!r} is not served from {self.store.uri}: nothing to roll back")
         target = version if version is not None else self.previous_version(model, stable)
         if target is None:
-            raise ValueError(
+            raise InvalidInput(
                 f"model {model} v{stable} has no earlier version to roll back to; "
                 "publish a fixed model instead"
             )
         if target == stable:
-            raise ValueError(f"version {target} of model {model} is already the stable one")
+            raise InvalidInput(f"version {target} of model {model} is already the stable one")
         complete = self.complete_versions(model)
         if target not in complete:
-            raise ValueError(
+            raise InvalidInput(
                 f"model {model} has no complete version {target} "
                 f"(versions: {', '.join(map(str, complete)) or 'none'})"
             )
@@ -593,7 +449,7 @@ class ModelRepository:
         publishes and go. metadata.json goes first, so a half-deleted version is incomplete.
         """
         if keep < 1:
-            raise ValueError(f"keep must be at least 1 version, got {keep}")
+            raise InvalidInput(f"keep must be at least 1 version, got {keep}")
         numbers = self.version_numbers(model)
         complete = self.complete_versions(model)
         if not numbers:

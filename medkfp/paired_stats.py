@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from medkfp.vocab import CONFIDENCE
+
 DEFAULT_RESAMPLES = 2000
 MIN_RESAMPLES = 1000
-CONFIDENCE = 0.95
 # Metrics computed from a confusion matrix, so every resample is a few array operations.
 LABEL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")
 

@@ -13,7 +13,6 @@ import pandas as pd
 
 from medkfp import vocab
 from medkfp.components.balance.logic import balanced_counts, class_weights
-from medkfp.components.ingest.images import DEFAULT_MAX_PIXELS
 from medkfp.components.ingest.logic import (
     Survey,
     counts_of,
@@ -21,8 +20,9 @@ from medkfp.components.ingest.logic import (
     rejected_fraction_problem,
     survey_source,
 )
-from medkfp.components.ingest.parallel import DEFAULT_WORKERS
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
+from medkfp.image_files import DEFAULT_MAX_PIXELS
+from medkfp.parallel import DEFAULT_WORKERS
 
 RESAMPLING = ("none", "undersample", "oversample")
 

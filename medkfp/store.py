@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from medkfp.errors import UserError
+
 DEFAULT_LOCAL_STORE = ".medkfp/store"
 DEFAULT_S3_STORE = "s3://medkfp"
 # How long S3 calls are retried while the endpoint is unreachable or overloaded.
@@ -44,7 +46,7 @@ TRANSIENT_CODES = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTi
 log = logging.getLogger(__name__)
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A store cannot be reached or used; the message names the store and the fix."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from medkfp import __version__
+from medkfp.errors import InvalidInput
 
 # --- datasets -----------------------------------------------------------------
 
@@ -42,6 +43,9 @@ DEFAULT_MAX_REJECTED_FRACTION = 0.5
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".tif", ".tiff"})
 
 SPLITS = ("train", "val", "test")
+# Confidence of every interval reported: the bootstrap CIs of the metrics and of the paired
+# challenger-minus-champion difference.
+CONFIDENCE = 0.95
 
 # --- candidates ------------------------------------------------------------------
 
@@ -107,7 +111,7 @@ class Candidate:
         types = {f.name: _FIELD_TYPES.get(f.name, str) for f in fields(cls)}
         unknown = set(d) - set(types) - {"name"}
         if unknown:
-            raise ValueError(
+            raise InvalidInput(
                 f"grid entry {d!r}: unknown key(s) {', '.join(sorted(unknown))}; "
                 f"use {', '.join(types)}"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from medkfp import vocab
+from medkfp.errors import InvalidInput
 
 PIPELINE_NAME = "medkfp-train-and-push"
 PIPELINE_DESCRIPTION = (
@@ -65,7 +66,7 @@ def parse_node_selector(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(
+            raise InvalidInput(
                 f"node selector {item!r}: use KEY=VALUE, e.g. cloud.google.com/gke-accelerator=nvidia-l4"
             )
         selector[key] = value
@@ -78,7 +79,7 @@ def parse_toleration(item: str) -> dict:
     key, sep, value = rest.partition("=")
     effects = ("NoSchedule", "PreferNoSchedule", "NoExecute")
     if not key or (effect and effect not in effects):
-        raise ValueError(
+        raise InvalidInput(
             f"toleration {item!r}: use KEY[=VALUE][:EFFECT] with EFFECT one of {', '.join(effects)}, "
             "e.g. nvidia.com/gpu:NoSchedule"
         )

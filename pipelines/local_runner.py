@@ -16,13 +16,14 @@ from medkfp import vocab
 from medkfp.components.grid.logic import expand_grid, grid_json
 from medkfp.components.ingest.layouts import scan_source
 from medkfp.components.push.logic import check_min_recall, check_selection_metric
+from medkfp.errors import InvalidInput, UserError
 from medkfp.pipelines import configs as c
 from medkfp.pipelines.pipeline import Images, build_pipeline, medkfp_pipeline
 from medkfp.pipelines.run_log import StepLog
 from medkfp.store import open_store
 
 
-class PipelineFailed(RuntimeError):
+class PipelineFailed(UserError, RuntimeError):
     """A step failed; the message carries the step's own error and the log's path."""
 
 
@@ -85,12 +86,12 @@ def run_local(
     PipelineFailed with the failing step's error message when a step fails.
     """
     if runner not in c.RUNNERS:
-        raise ValueError(f"unknown runner {runner!r}: use one of {', '.join(c.RUNNERS)}")
+        raise InvalidInput(f"unknown runner {runner!r}: use one of {', '.join(c.RUNNERS)}")
     if dataset not in vocab.DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}: use one of {', '.join(vocab.DATASETS)}")
+        raise InvalidInput(f"unknown dataset {dataset!r}: use one of {', '.join(vocab.DATASETS)}")
     store_uri = open_store(store).uri
     if runner == c.DOCKER_RUNNER and not store_uri.startswith("s3://"):
-        raise ValueError(
+        raise InvalidInput(
             f"--runner docker needs an S3 store, not {store_uri}: step containers exchange data through "
             "the object store (set AWS_ENDPOINT_URL_S3 and the keys), or use --runner subprocess"
         )

@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
+from medkfp.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # An array dict in, an array dict out: one call of a signature on a (batched) input.
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-class BatchingConfigError(ValueError):
+class BatchingConfigError(UserError, ValueError):
     """Batching parameters that cannot work (a bad value or an unreadable file)."""
 
 

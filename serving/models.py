@@ -22,7 +22,8 @@ import grpc
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from medkfp.model_repository import MODEL_NAME, ModelRepository, desired_versions, read_signature_defs
+from medkfp.model_repository import MODEL_NAME, ModelRepository, desired_versions
+from medkfp.servable import read_signature_defs
 from medkfp.serving.sync import fetch_version
 from medkfp.store import Store, StoreError
 

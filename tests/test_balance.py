@@ -19,11 +19,11 @@ from medkfp.components.balance.logic import (
     balance_chart,
     balance_html,
     balanced_counts,
-    read_repeats,
     resample_ids,
 )
 from medkfp.components.ingest.logic import ingest
 from medkfp.components.preprocess.logic import preprocess
+from medkfp.tables import read_repeats
 
 RUN = "test-run"
 

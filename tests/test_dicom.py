@@ -24,11 +24,12 @@ from pydicom.uid import RLELossless
 from medkfp import dicom, vocab
 from medkfp.cli import main
 from medkfp.components.ingest.layouts import LayoutError
-from medkfp.components.ingest.logic import ingest, read_manifest
+from medkfp.components.ingest.logic import ingest
 from medkfp.plan import plan
 from medkfp.store import LocalStore
 from medkfp.synth import dicom as synth_dicom
 from medkfp.synth.dicom import Patient, Storage, film_dataset, to_bytes
+from medkfp.tables import read_manifest
 
 SALT = "test-salt-never-stored-7d1e"
 

@@ -14,9 +14,9 @@ from training_helpers import SHAPES
 
 from medkfp.cli import main
 from medkfp.components.evaluate.logic import evaluate
-from medkfp.components.evaluate.report import candidate_report
 from medkfp.metrics import metrics_from_confusion_matrix
 from medkfp.model_repository import ModelRepository
+from medkfp.report import candidate_report
 from medkfp.store import LocalStore
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ from serving_helpers import CLASSES, SIZE, encoded, export_model, png, png_bomb
 
 from medkfp import vocab
 from medkfp.imaging import decode_and_resize, image_dimensions, load_signature
-from medkfp.model_repository import read_signature_defs
+from medkfp.servable import read_signature_defs
 
 DT_STRING = tf.string.as_datatype_enum
 DT_FLOAT = tf.float32.as_datatype_enum

@@ -13,11 +13,12 @@ import tensorflow as tf
 from PIL import Image
 
 from medkfp import vocab
-from medkfp.components.ingest.images import check_image, to_decodable
 from medkfp.components.ingest.layouts import LayoutError, scan_source
-from medkfp.components.ingest.logic import ingest, read_manifest
+from medkfp.components.ingest.logic import ingest
+from medkfp.image_files import check_image, to_decodable
 from medkfp.imaging import decode_and_resize
 from medkfp.synth import synth_covid, write_broken_files
+from medkfp.tables import read_manifest
 
 RUN = "test-run"
 

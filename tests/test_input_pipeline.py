@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from training_helpers import prepare_shapes, quick_candidate
 
-from medkfp.components.balance.logic import read_repeats
-from medkfp.components.ingest.parallel import UploadError, upload_all
 from medkfp.components.train import data
 from medkfp.components.train import logic as train_logic
-from medkfp.components.train.logic import download_shards, train
+from medkfp.components.train.logic import train
+from medkfp.parallel import UploadError, upload_all
+from medkfp.shards import download_shards
 from medkfp.store import open_store
+from medkfp.tables import read_repeats
 
 SIZE = 16
 

@@ -13,13 +13,13 @@ from serving_helpers import CLASSES, FailingStore, export_model
 
 from medkfp import vocab
 from medkfp.cli import main
+from medkfp.errors import InvalidModelError
 from medkfp.model_repository import (
     CONFIG_KEY,
-    InvalidModelError,
     ModelRepository,
-    check_servable,
     sha256_file,
 )
+from medkfp.servable import check_servable
 from medkfp.store import LocalStore, StoreError, open_store
 
 METRICS = {

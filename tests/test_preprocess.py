@@ -13,11 +13,12 @@ from sklearn.model_selection import train_test_split
 
 from medkfp import vocab
 from medkfp.components.ingest.logic import ingest
-from medkfp.components.preprocess.logic import preprocess, read_examples, records_per_shard
+from medkfp.components.preprocess.logic import preprocess, records_per_shard
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
-from medkfp.components.train.logic import parse_example
+from medkfp.shards import parse_example
 from medkfp.store import open_store
 from medkfp.synth import synth_covid, synth_mias
+from medkfp.tables import read_examples
 
 RUN = "test-run"
 STUDY_COUNTS = dict(zip(vocab.COVID_CLASSES, (3616, 6012, 10192, 1345)))

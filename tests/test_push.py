@@ -10,7 +10,6 @@ import pytest
 
 from medkfp.components.evaluate.logic import evaluate
 from medkfp.components.push.logic import (
-    champion_decision,
     champion_gate,
     check_min_recall,
     push,
@@ -20,6 +19,13 @@ from medkfp.model_repository import ModelRepository
 
 SUMMARY_KEYS = {"dataset", "counts", "candidates", "selected", "selection_metric", "pushed", "push_reason"}
 CANDIDATE_KEYS = {"name", "architecture", "balancing", "metrics", "model_uri"}
+
+
+def champion_decision(challenger: dict, champion: dict | None, metric: str, min_delta: float,
+                      min_recall=None):
+    """(push?, reason) of the champion gate for a challenger against the served champion's metadata."""
+    gate = champion_gate(challenger, champion, metric, min_delta, min_recall)
+    return gate["push"], gate["reason"]
 
 
 def evaluation(name: str, macro_f1: float, balanced_accuracy: float = 0.5, **metrics) -> dict:

@@ -11,10 +11,11 @@ import pytest
 
 from medkfp import vocab
 from medkfp.components.ingest.layouts import LayoutError, scan_source
-from medkfp.components.ingest.logic import ingest, read_manifest
+from medkfp.components.ingest.logic import ingest
 from medkfp.components.ingest.sources import TarSource, open_source
 from medkfp.store import open_store
 from medkfp.synth import synth_mias
+from medkfp.tables import read_manifest
 
 RUN = "test-run"
 

@@ -21,7 +21,9 @@ from imblearn.under_sampling import RandomUnderSampler
 from sklearn.utils.class_weight import compute_class_weight
 
 from medkfp import vocab
+from medkfp.errors import InvalidInput
 from medkfp.store import open_store
+from medkfp.tables import read_examples
 
 SAMPLERS = {"undersample": RandomUnderSampler, "oversample": RandomOverSampler}
 
@@ -32,7 +34,7 @@ def resample_ids(ids: np.ndarray, labels: np.ndarray, strategy: str, seed: int) 
     Raises ValueError for an unknown strategy.
     """
     if strategy not in vocab.BALANCING:
-        raise ValueError(f"unknown balancing {strategy!r}: use one of {', '.join(vocab.BALANCING)}")
+        raise InvalidInput(f"unknown balancing {strategy!r}: use one of {', '.join(vocab.BALANCING)}")
     if strategy not in SAMPLERS:  # none, class_weight: every image once
         return Counter(ids.tolist())
     sampler = SAMPLERS[strategy](random_state=seed)
@@ -67,9 +69,6 @@ def balance(dataset_summary: dict, strategy: str, seed: int = 0) -> dict:
     Returns {strategy, seed, repeats_key, before, after, count, chart_key} and, for
     class_weight, class_weights {class: weight}. Raises ValueError for an unknown strategy.
     """
-    # Imported here: preprocess loads TensorFlow, which `medkfp plan` (balanced_counts) avoids.
-    from medkfp.components.preprocess.logic import read_examples
-
     store = open_store(dataset_summary["store"])
     examples = read_examples(dataset_summary)
     train = examples[examples["split"] == "train"]
@@ -149,9 +148,3 @@ def write_balance_html(path: str, summary: dict) -> None:
     """Write balance_html(summary) to `path` (the KFP HTML artifact's file)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(balance_html(summary))
-
-
-def read_repeats(store_uri: str, balanced_summary: dict) -> pd.DataFrame:
-    """The repeats table (id, repeat) a balance summary points to."""
-    store = open_store(store_uri)
-    return pd.read_csv(io.StringIO(store.get_text(balanced_summary["repeats_key"])), dtype={"id": str})

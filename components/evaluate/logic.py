@@ -11,42 +11,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
-
-from medkfp.components.evaluate.report import candidate_report, write_html
-from medkfp.components.train.logic import download_shards, parse_example
 from medkfp.imaging import load_signature, predict_bytes
-from medkfp.metrics import calibration_metrics, classification_metrics
+from medkfp.metrics import calibration_metrics
+from medkfp.report import write_report
+from medkfp.scoring import score_probabilities
+from medkfp.shards import download_shards, read_split
 from medkfp.store import open_store
-
-
-def read_split(paths: list[str]) -> tuple[list[bytes], np.ndarray]:
-    images, labels = [], []
-    for example in tf.data.TFRecordDataset(paths).map(parse_example):
-        images.append(example["image"].numpy())
-        labels.append(int(example["label"]))
-    return images, np.array(labels, dtype=np.int64)
-
-
-def score_probabilities(probabilities: np.ndarray, labels, class_names, model: str) -> dict:
-    """Metrics of predicted probabilities [N, C] against class indices `labels`.
-
-    Raises ValueError when the model's number of outputs is not the number of classes.
-    """
-    if not len(labels):
-        return classification_metrics(labels, np.array([], dtype=np.int64), class_names)
-    if probabilities.shape[1] != len(class_names):
-        raise ValueError(
-            f"the model {model} predicts {probabilities.shape[1]} classes but the data has "
-            f"{len(class_names)} ({', '.join(class_names)}): check --dataset and the model"
-        )
-    return classification_metrics(labels, probabilities.argmax(axis=1), class_names, probabilities)
-
-
-def write_report(evaluation: dict, report_path, title: str | None = None) -> None:
-    if report_path:
-        write_html(report_path, candidate_report(evaluation, title))
 
 
 def evaluate(dataset_summary: dict, trained_summary: dict, split: str = "test", report_path=None) -> dict:

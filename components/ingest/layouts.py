@@ -18,9 +18,10 @@ from pathlib import Path, PurePosixPath
 
 from medkfp import vocab
 from medkfp.components.ingest.sources import Entry, Source, SourceError, UnreadableFile, open_source
+from medkfp.errors import UserError
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """The source does not have the layout the dataset needs; the message says what to fix."""
 
 

@@ -14,17 +14,17 @@ lose any value the de-identification removed from their header.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from medkfp import dicom, snapshot, vocab
-from medkfp.components.ingest.images import DEFAULT_MAX_PIXELS, Rejection, check_image
 from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
-from medkfp.components.ingest.parallel import DEFAULT_WORKERS, Uploader, bounded_map, progress_bar
 from medkfp.components.ingest.sources import UnreadableFile
+from medkfp.errors import InvalidInput
+from medkfp.image_files import DEFAULT_MAX_PIXELS, Rejection, check_image
+from medkfp.parallel import DEFAULT_WORKERS, Uploader, bounded_map, progress_bar
 from medkfp.store import open_store
 
 MANIFEST_COLUMNS = ["id", "path", "label", "group", "suffix", "sha256", "bytes", "width", "height",
@@ -285,7 +285,7 @@ def ingest(
     rejects or a class without images, StoreError for the store.
     """
     if not 0 <= max_rejected_fraction <= 1:
-        raise ValueError(f"--max-rejected-fraction must be between 0 and 1, got {max_rejected_fraction}")
+        raise InvalidInput(f"--max-rejected-fraction must be between 0 and 1, got {max_rejected_fraction}")
     store = open_store(store_uri)
     listed_at = snapshot.now()  # lineage: when the source was listed, before reading it
 
@@ -359,7 +359,7 @@ def rejected_fraction_problem(survey: Survey, limit: float, where: str = "") -> 
 def check_rejected_fraction(survey: Survey, limit: float, where: str = "") -> None:
     problem = rejected_fraction_problem(survey, limit, where)
     if problem:
-        raise ValueError(problem)
+        raise InvalidInput(problem)
 
 
 def empty_classes_problem(survey: Survey) -> str | None:
@@ -375,12 +375,4 @@ def empty_classes_problem(survey: Survey) -> str | None:
 def check_every_class(survey: Survey) -> None:
     problem = empty_classes_problem(survey)
     if problem:
-        raise ValueError(problem)
-
-
-def read_manifest(summary: dict) -> pd.DataFrame:
-    """The accepted-images manifest an ingest summary points to."""
-    store = open_store(summary["store"])
-    return pd.read_csv(io.StringIO(store.get_text(summary["manifest_key"])),
-                       dtype={"id": str, "group": str, "path": str, "label": str}, keep_default_na=False)
-
+        raise InvalidInput(problem)

@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from medkfp.errors import UserError
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 # A file bigger than this is rejected without being read: no image of the studies is
 # near it, and reading it whole would put the worker's memory at risk.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source cannot be opened or listed; the message names it and the fix."""
 
 

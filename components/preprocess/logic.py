@@ -13,7 +13,6 @@ shuffle buffer does not see one class at a time.
 from __future__ import annotations
 
 import hashlib
-import io
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -23,31 +22,19 @@ import pandas as pd
 import tensorflow as tf
 
 from medkfp import vocab
-from medkfp.components.ingest.images import PASS_THROUGH_FORMATS, PASS_THROUGH_MODES, to_decodable
-from medkfp.components.ingest.logic import read_manifest
-from medkfp.components.ingest.parallel import DEFAULT_WORKERS, UPLOAD_WORKERS, bounded_map
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
+from medkfp.errors import InvalidInput
+from medkfp.image_files import PASS_THROUGH_FORMATS, PASS_THROUGH_MODES, to_decodable
 from medkfp.imaging import decode_and_resize
+from medkfp.parallel import DEFAULT_WORKERS, UPLOAD_WORKERS, bounded_map
+from medkfp.shards import make_example
 from medkfp.store import LocalStore, open_store
-
-__all__ = [
-    "make_example", "preprocess", "read_examples", "records_per_shard", "resize_png_fn", "split_examples",
-    "to_decodable",
-]
+from medkfp.tables import read_manifest
 
 # Room a serialized tf.train.Example needs beside its PNG bytes (id, label, framing).
 RECORD_OVERHEAD = 512
 PNG_COMPRESSION = 1  # zlib level of the shard PNGs
 FETCH_WINDOW = 64  # images read ahead of the decoders: bounds memory, hides store latency
-
-
-def make_example(png: bytes, label: int, image_id: str) -> tf.train.Example:
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def records_per_shard(image_size: int, max_records: int, max_bytes: int) -> int:
@@ -78,7 +65,7 @@ def preprocess(
     Raises ValueError for a bad image size or fraction, or a class too small to split.
     """
     if image_size < 16:
-        raise ValueError(f"--image-size must be at least 16 pixels, got {image_size}")
+        raise InvalidInput(f"--image-size must be at least 16 pixels, got {image_size}")
     store = open_store(ingest_summary["store"])
     run_id = ingest_summary["run_id"]
     class_names = ingest_summary["class_names"]
@@ -222,10 +209,3 @@ def _sha256(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def read_examples(dataset_summary: dict) -> pd.DataFrame:
-    """The examples table (id, label, split[, group]) a dataset summary points to."""
-    store = open_store(dataset_summary["store"])
-    return pd.read_csv(io.StringIO(store.get_text(dataset_summary["examples_key"])),
-                       dtype={"id": str, "label": str, "group": str}, keep_default_na=False)

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 from medkfp import paired_stats, vocab
-from medkfp.components.evaluate.report import confusion_heatmap, img, table
-from medkfp.components.evaluate.scoring import score_models_on_split
 from medkfp.metrics import SCALARS
+from medkfp.report import confusion_heatmap, img, table
+from medkfp.scoring import score_models_on_split
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medkfp import vocab
-from medkfp.components.evaluate.report import card_scores, comparison_report, write_html
 from medkfp.components.push.gate import (  # noqa: F401 (recall_checks: re-exported)
     champion_gate,
     champion_on_this_split,
@@ -24,17 +23,16 @@ from medkfp.components.push.gate import (  # noqa: F401 (recall_checks: re-expor
     with_gate_section,
 )
 from medkfp.dicom import windowing_statement
+from medkfp.errors import InvalidInput
 from medkfp.model_repository import ModelRepository
+from medkfp.report import comparison_report, write_html
 from medkfp.snapshot import data_changes
 from medkfp.store import open_store
-
-# The model card's windowing line for runs on files that need none (everything but DICOM).
-NO_WINDOWING = "none: the training images were PNG/JPEG/PGM files, used as they are"
 
 
 def check_selection_metric(metric: str) -> str:
     if metric not in vocab.SELECTION_METRICS:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown selection metric {metric!r}: use one of {', '.join(vocab.SELECTION_METRICS)}"
         )
     return metric
@@ -45,11 +43,11 @@ def check_min_recall(min_recall: dict | None, class_names) -> dict[str, float]:
     floors = {}
     for name, floor in (min_recall or {}).items():
         if name not in class_names:
-            raise ValueError(
+            raise InvalidInput(
                 f"--min-recall names class {name!r}, which is not one of {', '.join(class_names)}"
             )
         if not 0 <= float(floor) <= 1:
-            raise ValueError(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
+            raise InvalidInput(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
         floors[name] = float(floor)
     return floors
 
@@ -69,60 +67,15 @@ def select_best(evaluations: list[dict], metric: str = vocab.SELECTION_METRIC) -
     """The evaluation ranking first by `metric` (balanced accuracy breaks ties)."""
     check_selection_metric(metric)
     if not evaluations:
-        raise ValueError("no candidate was evaluated: the grid is empty")
+        raise InvalidInput("no candidate was evaluated: the grid is empty")
     return max(evaluations, key=lambda e: rank_key(e, metric))
-
-
-def champion_decision(
-    challenger: dict, champion: dict | None, metric: str, min_delta: float, min_recall=None
-) -> tuple[bool, str]:
-    """(push?, reason) for a challenger's metrics against the served champion's metadata."""
-    gate = champion_gate(challenger, champion, metric, min_delta, min_recall)
-    return gate["push"], gate["reason"]
-
-
-def model_card(model_name: str, version: int, metadata: dict) -> str:
-    metrics = metadata["metrics"]
-    rows = "\n".join(
-        f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['specificity']:.3f} "
-        f"| {m['f1']:.3f} | {m['support']} |"
-        for name, m in metrics["per_class"].items()
-    )
-    candidate = metadata["candidate"]
-    config = ", ".join(f"{k} {v}" for k, v in candidate.items() if k != "name")
-    return f"""# Model card: {model_name} v{version}
-
-- Dataset: {metadata['dataset']} (run {metadata['run_id']})
-- Candidate: {candidate['name']} ({config})
-- Trained on: {', '.join(metadata.get('devices') or ['unknown'])}
-- Windowing: {metadata.get('windowing') or NO_WINDOWING}
-{card_scores(metrics)}
-- Pushed because: {metadata['gate']['reason']}
-- Data: {snapshot_line(metadata.get('snapshot'))}
-
-| class | precision | recall | specificity | F1 | support |
-|---|---|---|---|---|---|
-{rows}
-
-## Intended use and limitations
-Research and workflow support. Not for diagnosis without clinical validation on the
-target site's data; metrics above come from a held-out split of the training source.
-"""
-
-
-def snapshot_line(snapshot: dict | None) -> str:
-    """The model card's line naming the data snapshot the version was trained on."""
-    if not snapshot:
-        return "no snapshot recorded"
-    return (f"snapshot {snapshot['id']}: {snapshot['files']} files of {snapshot['source']}, "
-            f"listed {snapshot['listed_at']} ({snapshot['uri']})")
 
 
 def publish(repository: ModelRepository, model_name: str, best: dict, metadata: dict, run_store) -> dict:
     """Copy the candidate's SavedModel into the repository as its next version."""
     with tempfile.TemporaryDirectory() as tmp:
         run_store.download_dir(best["model_key"], Path(tmp))
-        version = repository.publish(model_name, tmp, metadata, lambda v: model_card(model_name, v, metadata))
+        version = repository.publish(model_name, tmp, metadata)
     return {
         "model_name": model_name,
         "version": version,

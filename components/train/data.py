@@ -16,12 +16,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-# The shard schema the preprocess step writes (the same as components.train.logic.FEATURES).
-FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-    "id": tf.io.FixedLenFeature([], tf.string),
-}
+from medkfp.shards import FEATURES
+
 SHUFFLE_BUFFER = 4096
 PARSE_BATCH = 256  # records parsed (and balanced) per tf.io.parse_example call
 # Share of the available memory / free local disk the decoded cache may take: the model,

@@ -23,21 +23,17 @@ import numpy as np
 import tensorflow as tf
 
 from medkfp import vocab
-from medkfp.components.balance.logic import read_repeats
 from medkfp.components.train.checkpoints import StoreCheckpoint
-from medkfp.components.train.data import train_pipeline
+from medkfp.components.train.data import SHUFFLE_BUFFER, train_pipeline
 from medkfp.components.train.devices import setup_devices
 from medkfp.components.train.models import build_model
+from medkfp.errors import InvalidInput
 from medkfp.imaging import export_serving_model
 from medkfp.metrics import expected_calibration_error, fit_temperature, negative_log_likelihood, softmax
+from medkfp.shards import FEATURES, download_shards, parse_example  # noqa: F401 (FEATURES: the schema train reads)
 from medkfp.store import open_store, open_uri
+from medkfp.tables import read_repeats
 
-FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-    "id": tf.io.FixedLenFeature([], tf.string),
-}
-SHUFFLE_BUFFER = 4096
 MONITOR = "val_loss"
 EARLY_STOPPING_PATIENCE = 3
 REDUCE_LR_PATIENCE = 1
@@ -50,23 +46,10 @@ OPTIMIZERS = {
 }
 
 
-def parse_example(record):
-    return tf.io.parse_single_example(record, FEATURES)
-
-
 def decode(example, image_size: int):
     image = tf.io.decode_png(example["image"], channels=3)
     image = tf.ensure_shape(image, (image_size, image_size, 3))
     return tf.cast(image, tf.float32), example["label"]
-
-
-def download_shards(store, keys: list[str], local_dir: Path) -> list[str]:
-    paths = []
-    for key in keys:
-        path = local_dir / key.rsplit("/", 1)[-1]
-        store.get_file(key, path)
-        paths.append(str(path))
-    return paths
 
 
 def repeat_by_id(ds: tf.data.Dataset, repeats: dict[str, int]) -> tf.data.Dataset:
@@ -151,7 +134,7 @@ def compile_model(spec: vocab.Candidate, n_classes: int, image_size: int, weight
         freeze_backbone=spec.freeze_backbone, dense_units=spec.dense_units,
     )
     if spec.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {spec.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        raise InvalidInput(f"unknown optimizer {spec.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     model.compile(
         optimizer=OPTIMIZERS[spec.optimizer](learning_rate=spec.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -201,14 +184,14 @@ def schedule_callbacks() -> tuple[keras.callbacks.EarlyStopping, keras.callbacks
 
 def check_candidate(spec: vocab.Candidate, image_size: int) -> None:
     if spec.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {spec.epochs}")
+        raise InvalidInput(f"--epochs must be at least 1, got {spec.epochs}")
     if spec.min_steps < 0 or spec.warmup_steps < 0:
-        raise ValueError(
+        raise InvalidInput(
             f"candidate {spec.name}: min_steps and warmup_steps must be 0 or more, got "
             f"{spec.min_steps} and {spec.warmup_steps}"
         )
     if spec.image_size not in (None, image_size):
-        raise ValueError(
+        raise InvalidInput(
             f"candidate {spec.name} wants {spec.image_size} px images but the run's shards are "
             f"{image_size} px: run with --image-size {spec.image_size} or drop image_size from the grid"
         )

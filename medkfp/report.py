@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from medkfp.metrics import CONFIDENCE, SCALARS  # noqa: E402
+from medkfp.metrics import SCALARS  # noqa: E402
+from medkfp.model_card import CI_LABEL  # noqa: E402
 
 STYLE = (
     "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.8em 0}"
@@ -26,7 +27,6 @@ STYLE = (
     "th:first-child,td:first-child{text-align:left}tr.selected{background:#e8f4e8}"
 )
 PER_CLASS_COLUMNS = ("precision", "recall", "specificity", "f1", "roc_auc", "support")
-CI_LABEL = f"{CONFIDENCE:.0%} CI"
 
 
 def png_base64(fig) -> str:
@@ -258,6 +258,12 @@ def comparison_report(summary: dict, evaluations: list[dict]) -> str:
     return page(title, parts)
 
 
+def write_report(evaluation: dict, report_path, title: str | None = None) -> None:
+    """Write a candidate's report to `report_path`; nothing when it is empty."""
+    if report_path:
+        write_html(report_path, candidate_report(evaluation, title))
+
+
 def write_html(path, text: str) -> None:
     """Write a report to `path` (a KFP HTML artifact's file or a user's --report file)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -267,31 +273,3 @@ def write_html(path, text: str) -> None:
 def page(title: str, parts: list[str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-
-
-def card_scores(metrics: dict) -> str:
-    """The model card's score lines (markdown): test scores with their 95% bootstrap
-    intervals, and how the served probabilities are calibrated."""
-    ci = metrics.get("ci") or {}
-
-    def scored(key: str, label: str) -> str:
-        value = metrics.get(key)
-        if value is None:
-            return f"{label} n/a"
-        bounds = ci.get(key)
-        return f"{label} {value:.4f}" + (f" ({CI_LABEL} {bounds[0]:.4f}-{bounds[1]:.4f})" if bounds else "")
-
-    lines = [
-        f"- Test {scored('accuracy', 'accuracy')}, {scored('balanced_accuracy', 'balanced accuracy')},",
-        f"  {scored('macro_f1', 'macro-F1')}, {scored('macro_roc_auc', 'macro ROC-AUC')}"
-        + ("; intervals: stratified bootstrap over the test images" if ci else ""),
-    ]
-    calibration = metrics.get("calibration")
-    if calibration:
-        lines.append(
-            f"- Calibrated probabilities: the served model divides its logits by a temperature of "
-            f"{calibration['temperature']:.3f} (fitted on the validation split) before the softmax; "
-            f"expected calibration error on the test split {calibration['ece']:.4f} "
-            f"(uncalibrated {calibration['ece_uncalibrated']:.4f})"
-        )
-    return "\n".join(lines)

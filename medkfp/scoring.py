@@ -1,4 +1,4 @@
-"""Score several SavedModels on one split of a run, image by image, with the evaluate step's code.
+"""Scoring SavedModels on labelled images: the evaluate step, the champion gate and external validation.
 
 The push step's champion gate uses it to score the challenger and the served champion on
 the same images (this run's test split): the split is read once, each model runs its
@@ -14,10 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-from medkfp.components.evaluate.logic import read_split, score_probabilities
-from medkfp.components.train.logic import download_shards
+from medkfp.errors import InvalidInput
 from medkfp.imaging import load_signature, predict_bytes
+from medkfp.metrics import classification_metrics
+from medkfp.shards import download_shards, read_split
 from medkfp.store import open_store
+
+
+def score_probabilities(probabilities: np.ndarray, labels, class_names, model: str) -> dict:
+    """Metrics of predicted probabilities [N, C] against class indices `labels`.
+
+    Raises ValueError when the model's number of outputs is not the number of classes.
+    """
+    if not len(labels):
+        return classification_metrics(labels, np.array([], dtype=np.int64), class_names)
+    if probabilities.shape[1] != len(class_names):
+        raise InvalidInput(
+            f"the model {model} predicts {probabilities.shape[1]} classes but the data has "
+            f"{len(class_names)} ({', '.join(class_names)}): check --dataset and the model"
+        )
+    return classification_metrics(labels, probabilities.argmax(axis=1), class_names, probabilities)
 
 
 @dataclass
