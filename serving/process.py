@@ -12,8 +12,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from medkfp.errors import UserError
 
-class ServeError(RuntimeError):
+
+class ServeError(UserError, RuntimeError):
     """The server cannot start (e.g. the port is taken); the message says what to change."""
 
 
