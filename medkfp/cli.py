@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
 from medkfp import vocab
@@ -56,34 +58,13 @@ def cmd_plan(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from medkfp.pipelines.local_runner import run_local
+    from medkfp.components.ingest.sources import check_source_uri
 
-    if args.label != "class" and args.dataset != vocab.MIAS:
-        raise UsageError(f"--label {args.label} needs --dataset {vocab.MIAS}: {args.dataset} has no severity")
-    summary = run_local(
-        dataset=args.dataset,
-        source=args.source,
-        label=args.label,
-        max_rejected_fraction=args.max_rejected_fraction,
-        store=args.store,
-        model_name=args.name,
-        grid=args.grid,
-        epochs=args.epochs,
-        image_size=args.image_size,
-        test_fraction=args.test_fraction,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        min_delta=args.min_delta,
-        selection_metric=args.selection_metric,
-        min_recall=parse_min_recall(args.min_recall),
-        weights=args.weights or "",
-        freeze_backbone=args.freeze_backbone,
-        pipeline_root=args.pipeline_root,
-        runner=args.runner,
-        image=args.image,
-        labels=args.labels or "",
-        require_significant=args.require_significant,
-    )
+    config = run_config(args, args.store or "")
+    check_source_uri(config.source)  # a typo fails here, before TensorFlow and KFP load
+    with tensorflow_loaded(args.verbose):
+        from medkfp.pipelines.local_runner import run_local
+    summary = run_local(config, pipeline_root=args.pipeline_root, runner=args.runner, image=args.image)
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
         Path(args.summary).write_text(json.dumps(summary, indent=2))
@@ -344,40 +325,45 @@ def cmd_models_rollback(args) -> None:
 
 
 SOURCE_HELP = "the raw images: a folder, a .zip/.tar(.gz) download, or s3://bucket/prefix"
-MAX_REJECTED_HELP = "stop when more than this fraction of the files found is rejected (0-1)"
-LABELS_HELP = ("--dataset dicom: the labels table, a CSV with a path or SOPInstanceUID column and a label "
-               "column (local, s3:// or a path in the source; default labels.csv in the source)")
+# The run parameters `plan` reads: what decides the files, the labels and the splits.
+PLAN_PARAMETERS = ("dataset", "source", "label", "labels", "test_fraction", "val_fraction", "seed",
+                   "max_rejected_fraction")
 
 
-def add_run_parameters(s: argparse.ArgumentParser) -> None:
-    """The pipeline's run parameters, shared by `run`, `submit` and `schedule create`."""
-    s.add_argument("--dataset", required=True, choices=vocab.DATASETS)
-    s.add_argument("--source", required=True, help=SOURCE_HELP)
-    s.add_argument("--max-rejected-fraction", type=float, default=vocab.DEFAULT_MAX_REJECTED_FRACTION,
-                   help=MAX_REJECTED_HELP)
-    s.add_argument("--name", help="served model name (default: dataset or folder name)")
-    s.add_argument("--labels", help=LABELS_HELP)
-    s.add_argument("--label", default="class", choices=["class", "severity"])
-    s.add_argument("--grid", default=configs.DEFAULT_GRID, help="quick | paper | a JSON/YAML grid file")
-    s.add_argument("--epochs", type=int, default=configs.DEFAULT_EPOCHS,
-                   help="epochs of every candidate (default: each candidate's own)")
-    s.add_argument("--image-size", type=int, default=configs.DEFAULT_IMAGE_SIZE,
-                   help="training size in px (default: the grid's, paper 224/256, else 64)")
-    s.add_argument("--weights", help="backbone weights for every candidate: imagenet | none | URI of "
-                   "a .weights.h5/.h5 file ({architecture} is replaced); default: the grid's")
-    s.add_argument("--freeze-backbone", action="store_true",
-                   help="train the dense head only (default: every layer trains)")
-    s.add_argument("--selection-metric", default=configs.DEFAULT_SELECTION_METRIC,
-                   choices=vocab.SELECTION_METRICS, help="pick the best candidate by this metric")
-    s.add_argument("--min-recall", action="append", metavar="CLASS=X",
-                   help="push only if CLASS's test recall is at least X (repeatable)")
-    s.add_argument("--test-fraction", type=float, default=configs.DEFAULT_TEST_FRACTION)
-    s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
-    s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
-    s.add_argument("--min-delta", type=float, default=configs.DEFAULT_MIN_DELTA)
-    s.add_argument("--require-significant", action="store_true",
-                   help="push only if the 95%% bootstrap interval of challenger minus champion "
-                        "(same test images) lies above zero")
+def add_run_parameters(s: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
+    """The pipeline's run parameters (configs.RunConfig) as options: all of them for `run`, `submit`
+    and `schedule create`, the `only` ones for `plan`.
+
+    The store is left out: each command says where its store is.
+    """
+    types = typing.get_type_hints(configs.RunConfig)
+    for f in dataclasses.fields(configs.RunConfig):
+        if f.name == "store" or (only and f.name not in only):
+            continue
+        flag, meta, kind = configs.run_parameter_flag(f), f.metadata, types[f.name]
+        text = " ".join(filter(None, (meta["help"], meta["cli_note"]))).replace("%", "%%")
+        if kind is bool:
+            s.add_argument(flag, dest=f.name, action="store_true", help=text)
+        elif f.name == "min_recall":
+            s.add_argument(flag, dest=f.name, action="append", metavar="CLASS=X", help=text)
+        else:
+            required = f.default is dataclasses.MISSING
+            s.add_argument(flag, dest=f.name, type=kind, required=required, metavar=metavar(flag, meta),
+                           default=None if required else f.default, choices=meta["choices"] or None,
+                           help=text)
+
+
+def metavar(flag: str, meta) -> str | None:
+    """The flag's name in upper case (NAME for --name); argparse shows the choices instead."""
+    return None if meta["choices"] else flag.lstrip("-").replace("-", "_").upper()
+
+
+def run_config(args: argparse.Namespace, store: str) -> configs.RunConfig:
+    """The RunConfig of `run` / `submit` / `schedule create` options. Raises InvalidInput."""
+    names = [f.name for f in dataclasses.fields(configs.RunConfig) if f.name != "store"]
+    values = {name: getattr(args, name) for name in names}
+    values["min_recall"] = parse_min_recall(args.min_recall)
+    return configs.RunConfig(store=store, **values)
 
 
 def add_compile_options(s: argparse.ArgumentParser) -> None:
@@ -409,15 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("plan", help="dry run: files found / accepted / rejected, splits, balancing, leakage")
-    s.add_argument("--dataset", required=True, choices=vocab.DATASETS)
-    s.add_argument("--source", required=True, help=SOURCE_HELP)
-    s.add_argument("--label", default="class", choices=vocab.LABELS)
-    s.add_argument("--labels", help=LABELS_HELP)
-    s.add_argument("--test-fraction", type=float, default=configs.DEFAULT_TEST_FRACTION)
-    s.add_argument("--val-fraction", type=float, default=configs.DEFAULT_VAL_FRACTION)
-    s.add_argument("--seed", type=int, default=configs.DEFAULT_SEED)
-    s.add_argument("--max-rejected-fraction", type=float, default=vocab.DEFAULT_MAX_REJECTED_FRACTION,
-                   help=MAX_REJECTED_HELP)
+    add_run_parameters(s, only=PLAN_PARAMETERS)
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_plan)
 
@@ -430,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="subprocess: steps run in this Python; docker: each step in its own container "
                    "of --image through the Docker API (Docker, or Podman's socket via DOCKER_HOST)")
     s.add_argument("--image", help=f"the steps' image with --runner docker (default {vocab.COMPONENT_IMAGE})")
-    s.set_defaults(func=cmd_run, needs_tensorflow=True)
+    s.set_defaults(func=cmd_run)  # loads TensorFlow itself, once the cheap checks pass
 
     s = sub.add_parser("compile", help="compile the pipeline YAML for the KFP UI")
     s.add_argument("--out", default="pipeline.yaml")
@@ -529,6 +507,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
+def tensorflow_loaded(verbose: bool):
+    """Inside: imports that load TensorFlow, its C++ start-up lines kept out of the terminal
+    (shown with -v)."""
+    if verbose:
+        yield
+        return
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401 (loaded here so that its start-up lines stay out of the terminal)
+
+        yield
+
+
+@contextlib.contextmanager
 def native_stderr_silenced():
     """Point file descriptor 2 at /dev/null while inside.
 
@@ -554,10 +545,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "needs_tensorflow", False) and not args.verbose:
-        with native_stderr_silenced():
-            import tensorflow  # noqa: F401 (imported here so its start-up lines stay out of the terminal)
     try:
+        if getattr(args, "needs_tensorflow", False):
+            with tensorflow_loaded(args.verbose):
+                pass
         args.func(args)
     except KeyboardInterrupt:
         return 130

@@ -6,23 +6,23 @@ kfp is imported inside the command functions only: building the parser stays fas
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
+from dataclasses import replace
 
 from medkfp import vocab
-from medkfp.cli import add_compile_options, add_run_parameters, parse_min_recall
-from medkfp.errors import InvalidInput, UsageError
+from medkfp.cli import add_compile_options, add_run_parameters, run_config
+from medkfp.errors import InvalidInput
 from medkfp.pipelines import configs
 from medkfp.pipelines.kubeflow_runner import DEFAULT_EXPERIMENT, DEFAULT_WAIT_TIMEOUT
 from medkfp.store import DEFAULT_S3_STORE
 
 
 def pipeline_arguments(args: argparse.Namespace) -> dict:
-    """The pipeline's parameters (pipeline_graph's) from `submit` / `schedule create` options.
+    """The pipeline's parameters (configs.RunConfig) from `submit` / `schedule create` options.
 
     Checked here, before the server is called: the label fits the dataset, the grid expands, recall
     floors name real classes; a grid FILE is read here and sent as JSON. The data and the store are
-    never read: the pods do that. Raises ValueError naming the option and the fix.
+    never read: the pods do that. Raises InvalidInput naming the option and the fix.
     """
     from medkfp.components.grid.logic import expand_grid, grid_json
 
@@ -32,36 +32,15 @@ def pipeline_arguments(args: argparse.Namespace) -> dict:
                 f"{option} {uri}: the pipeline's pods read and write the store over S3, not this "
                 "machine's files; upload the images (aws s3 cp --recursive, mc cp -r) and pass s3://bucket/prefix"
             )
-    if args.label != "class" and args.dataset != vocab.MIAS:
-        raise UsageError(f"--label {args.label} needs --dataset {vocab.MIAS}: {args.dataset} has no severity")
-    weights = args.weights or configs.DEFAULT_WEIGHTS
-    expand_grid(args.grid, args.dataset, args.epochs, args.image_size, weights, args.freeze_backbone)
-    arguments = dict(
-        dataset=args.dataset,
-        source=args.source,
-        store=args.store.rstrip("/"),
-        label=args.label,
-        max_rejected_fraction=args.max_rejected_fraction,
-        model_name=args.name or vocab.default_model_name(args.dataset, args.source, args.label),
-        grid=grid_json(args.grid, args.dataset),
-        epochs=args.epochs,
-        image_size=args.image_size,
-        test_fraction=args.test_fraction,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        min_delta=args.min_delta,
-        selection_metric=args.selection_metric,
-        min_recall=check_recall_floors(parse_min_recall(args.min_recall), args.dataset, args.label),
-        weights=weights,
-        freeze_backbone=args.freeze_backbone,
-    )
-    # Run parameters added to add_run_parameters and the pipeline later travel under their own name.
-    from medkfp.pipelines.pipeline import pipeline_graph
-
-    for name in inspect.signature(pipeline_graph).parameters:
-        if name not in arguments and getattr(args, name, None) is not None:
-            arguments[name] = getattr(args, name)
-    return arguments
+    config = run_config(args, args.store.rstrip("/"))
+    expand_grid(config.grid, config.dataset, config.epochs, config.image_size, config.weights,
+                config.freeze_backbone)
+    return replace(
+        config,
+        model_name=config.model_name or vocab.default_model_name(config.dataset, config.source, config.label),
+        grid=grid_json(config.grid, config.dataset),
+        min_recall=check_recall_floors(config.min_recall, config.dataset, config.label),
+    ).arguments()
 
 
 def check_recall_floors(floors: dict[str, float], dataset: str, label: str) -> dict[str, float]:

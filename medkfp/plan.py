@@ -12,7 +12,6 @@ from collections import Counter
 import pandas as pd
 
 from medkfp import vocab
-from medkfp.components.balance.logic import balanced_counts, class_weights
 from medkfp.components.ingest.logic import (
     Survey,
     counts_of,
@@ -20,7 +19,6 @@ from medkfp.components.ingest.logic import (
     rejected_fraction_problem,
     survey_source,
 )
-from medkfp.components.preprocess.split import groups_across_splits, split_examples
 from medkfp.image_files import DEFAULT_MAX_PIXELS
 from medkfp.parallel import DEFAULT_WORKERS
 
@@ -102,6 +100,8 @@ def _patients(table: pd.DataFrame | None, summary: dict) -> dict:
 def _split(survey: Survey, test_fraction, val_fraction, seed, problems: list[str]) -> pd.DataFrame | None:
     if not survey.accepted:
         return None
+    from medkfp.components.preprocess.split import split_examples  # scikit-learn: once the source is read
+
     table = pd.DataFrame(survey.accepted)
     try:
         table["split"] = split_examples(table["label"], test_fraction, val_fraction, seed, table["group"])
@@ -112,6 +112,9 @@ def _split(survey: Survey, test_fraction, val_fraction, seed, problems: list[str
 
 
 def _split_report(survey: Survey, table: pd.DataFrame | None, seed: int) -> dict:
+    from medkfp.components.balance.logic import balanced_counts, class_weights
+    from medkfp.components.preprocess.split import groups_across_splits
+
     names = survey.class_names
     if table is None:
         return {"splits": {}, "split_totals": {}, "balanced_train": {}, "class_weights": {},

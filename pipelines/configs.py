@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 
 from medkfp import vocab
 from medkfp.errors import InvalidInput
@@ -30,6 +32,111 @@ DEFAULT_SELECTION_METRIC = vocab.SELECTION_METRIC
 DEFAULT_WEIGHTS = ""
 # Candidates trained at once; each asks for its own GPU on the cluster.
 TRAIN_PARALLELISM = 3
+
+
+
+def _parameter(help: str, default=MISSING, *, flag: str = "", choices: tuple = (), cli_note: str = "",
+               default_factory=MISSING):
+    """A RunConfig field: `help` is the KFP run form's description and, with `cli_note`, the flag's."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "cli_note": cli_note}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run parameters, defined once: the pipeline's signature and run form (pipeline.py), the
+    local runner's arguments and the options of `run`, `submit` and `schedule create` (cli.py).
+
+    Raises InvalidInput for a dataset or label that cannot work.
+    """
+
+    dataset: str = _parameter("Layout of the source: covid19-radiography, mias, imagefolder or dicom.",
+                              choices=vocab.DATASETS)
+    source: str = _parameter(
+        "The raw images: s3://bucket/prefix (or a folder, .zip or .tar(.gz) the pods can read)."
+    )
+    store: str = _parameter("Store root for run data and the model repository, e.g. s3://medkfp.")
+    model_name: str = _parameter(
+        "Served model name; empty: the dataset's (imagefolder: the folder's name).", "", flag="--name"
+    )
+    grid: str = _parameter("Candidates to train: quick, paper, or a JSON list of candidate settings.",
+                           DEFAULT_GRID, cli_note="On the command line also a JSON/YAML grid file.")
+    epochs: int = _parameter("Epochs of every candidate; 0: each candidate's own.", DEFAULT_EPOCHS)
+    image_size: int = _parameter(
+        "Training size in pixels; 0: the grid's (paper: 224 or 256), else 64.", DEFAULT_IMAGE_SIZE
+    )
+    test_fraction: float = _parameter("Share of the images held out for the test split (0-1).",
+                                      DEFAULT_TEST_FRACTION)
+    val_fraction: float = _parameter("Share of the remaining images used for validation (0-1).",
+                                     DEFAULT_VAL_FRACTION)
+    seed: int = _parameter("Seed of the split, the balancing and training.", DEFAULT_SEED)
+    min_delta: float = _parameter("Push only if the best candidate beats the served model by this much.",
+                                  DEFAULT_MIN_DELTA)
+    label: str = _parameter("What to predict: class, or severity (mias only).", "class", choices=vocab.LABELS)
+    max_rejected_fraction: float = _parameter(
+        "Stop when more than this share of the files found is rejected (0-1).",
+        vocab.DEFAULT_MAX_REJECTED_FRACTION,
+    )
+    selection_metric: str = _parameter(
+        "Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).", DEFAULT_SELECTION_METRIC,
+        choices=vocab.SELECTION_METRICS,
+    )
+    min_recall: dict = _parameter(
+        'Recall floors per class the pushed model must meet, e.g. {"COVID": 0.95}.',
+        default_factory=dict, cli_note="On the command line: CLASS=X, repeatable.",
+    )
+    weights: str = _parameter(
+        "Backbone weights of every candidate: imagenet, none or a weights file URI; empty: the grid's.",
+        DEFAULT_WEIGHTS,
+    )
+    freeze_backbone: bool = _parameter("Train the dense head only.", False)
+    labels: str = _parameter(
+        "dicom only: the labels table (path or SOPInstanceUID, label); empty: labels.csv in the source.", ""
+    )
+    require_significant: bool = _parameter(
+        "Push only if the 95% interval of best minus served (same images) is above 0.", False
+    )
+
+    def __post_init__(self):
+        if self.dataset not in vocab.DATASETS:
+            raise InvalidInput(f"unknown dataset {self.dataset!r}: use one of {', '.join(vocab.DATASETS)}")
+        if self.label != "class" and self.dataset != vocab.MIAS:
+            raise InvalidInput(
+                f"--label {self.label} needs --dataset {vocab.MIAS}: {self.dataset} has no severity"
+            )
+
+    def arguments(self) -> dict:
+        """{parameter: value}, as the pipeline takes them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def run_parameter_flag(f) -> str:
+    """The command-line flag of a RunConfig field: --name for model_name, else --field-name."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def run_parameters_signature() -> inspect.Signature:
+    """RunConfig as a function signature: the pipeline function's, which KFP compiles."""
+    types = typing.get_type_hints(RunConfig)
+    parameters = []
+    for f in fields(RunConfig):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        parameters.append(inspect.Parameter(
+            f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=types[f.name],
+            default=inspect.Parameter.empty if default is MISSING else default,
+        ))
+    return inspect.Signature(parameters, return_annotation=str)
+
+
+def run_parameters_docstring(summary: str, returns: str) -> str:
+    """A Google-style docstring whose Args are RunConfig's descriptions (KFP's run form text)."""
+    args = "\n".join(f"    {f.name}: {f.metadata['help']}" for f in fields(RunConfig))
+    return f"{summary}\n\nArgs:\n{args}\n\nReturns:\n    {returns}\n"
+
+
+RUN_SIGNATURE = run_parameters_signature()
 
 # Cluster settings, ignored by kfp.local.
 S3_SECRET = "medkfp-s3"

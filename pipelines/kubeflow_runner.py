@@ -40,6 +40,9 @@ MAX_CONCURRENCY = 1
 NO_CATCHUP = True
 PAGE_SIZE = 100
 TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+# Where a pod's projected KFP service-account token is (kfp.client's KF_PIPELINES_SA_TOKEN_PATH):
+# spelled here so that commands that fail before connecting never load kfp.
+POD_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 HOST_HINT = ("check --host (the KFP UI or API URL, e.g. a port-forward: kubectl port-forward -n kubeflow "
              "svc/ml-pipeline-ui 8080:80, then --host http://localhost:8080) and that the cluster is up")
 TOKEN_HINT = "pass a token allowed to use it: --token-file FILE, --token TOKEN or $" + TOKEN_PATH_ENV
@@ -268,6 +271,13 @@ def _refusal(host: str, error, namespace: str | None, what: str) -> KfpError:
     return KfpError(f"the KFP API at {host} could not {what} ({detail})")
 
 
+def _token_volume_credentials(path: str):
+    """kfp.Client's credentials that re-read a projected service-account token from `path`."""
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+    return ServiceAccountTokenVolumeCredentials(path)
+
+
 class KubeflowRunner:
     """Submits runs and keeps recurring runs of the medkfp pipeline on one KFP API.
 
@@ -287,9 +297,6 @@ class KubeflowRunner:
 
     def _credentials(self):
         """(token, credentials) for kfp.Client. Raises ValueError when a named token cannot be read."""
-        from kfp import client as kfp_client
-        from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
-
         if self.target.token:
             return self.target.token.strip(), None
         if self.target.token_file:
@@ -307,9 +314,9 @@ class KubeflowRunner:
             if not os.access(path, os.R_OK):
                 raise InvalidInput(f"${TOKEN_PATH_ENV}={path}: cannot read the token there; point it at "
                                  "the projected service-account token or unset it")
-            return None, ServiceAccountTokenVolumeCredentials(path)
-        if os.access(kfp_client.KF_PIPELINES_SA_TOKEN_PATH, os.R_OK):  # in a pod with the projected token
-            return None, ServiceAccountTokenVolumeCredentials(kfp_client.KF_PIPELINES_SA_TOKEN_PATH)
+            return None, _token_volume_credentials(path)
+        if os.access(POD_TOKEN_PATH, os.R_OK):  # in a pod with the projected token
+            return None, _token_volume_credentials(POD_TOKEN_PATH)
         return None, None
 
     def _check_health(self, token, credentials):
@@ -341,10 +348,10 @@ class KubeflowRunner:
     def client(self):
         """The connected kfp.Client (health-checked first). Raises KfpError or ValueError."""
         if self._client is None:
-            import kfp
-
             token, credentials = self._credentials()
             health = self._check_health(token, credentials)
+            import kfp  # once the API answers: an unreachable host fails without loading it
+
             with quiet(), self.api("connect"):
                 # kfp.Client treats namespace "kubeflow" as "not given" and then looks it up itself.
                 self._client = kfp.Client(

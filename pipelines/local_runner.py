@@ -8,6 +8,7 @@ import json
 import logging
 import tempfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from kfp import local
@@ -53,79 +54,49 @@ def _pipeline_and_runner(runner: str, image: str | None, root: Path, inputs: lis
 
 
 def run_local(
-    dataset: str,
-    source: str,
-    store: str | None = None,
-    model_name: str | None = None,
-    grid: str = c.DEFAULT_GRID,
-    epochs: int = c.DEFAULT_EPOCHS,
-    image_size: int = c.DEFAULT_IMAGE_SIZE,
-    test_fraction: float = c.DEFAULT_TEST_FRACTION,
-    val_fraction: float = c.DEFAULT_VAL_FRACTION,
-    seed: int = c.DEFAULT_SEED,
-    min_delta: float = c.DEFAULT_MIN_DELTA,
+    config: c.RunConfig,
     pipeline_root: str | None = None,
     echo=None,
-    label: str = "class",
-    max_rejected_fraction: float = vocab.DEFAULT_MAX_REJECTED_FRACTION,
-    selection_metric: str = c.DEFAULT_SELECTION_METRIC,
-    min_recall: dict[str, float] | None = None,
-    weights: str = c.DEFAULT_WEIGHTS,
-    freeze_backbone: bool = False,
     runner: str = c.SUBPROCESS_RUNNER,
     image: str | None = None,
-    labels: str = "",
-    require_significant: bool = False,
 ) -> dict:
-    """Run every step on this machine and return the run summary.
+    """Run every step of `config` on this machine and return the run summary.
 
-    runner "subprocess": each step is a subprocess of this Python environment; "docker":
-    each step is its own container of `image` (default: this version's image) through the
-    Docker API (Docker, or Podman's socket). The grid, the store and the source are checked
-    here first, so a bad grid or an unreachable endpoint fails before any step runs. Raises
-    PipelineFailed with the failing step's error message when a step fails.
+    config.store "" is the default store (medkfp.store.open_store). runner "subprocess": each
+    step is a subprocess of this Python environment; "docker": each step is its own container
+    of `image` (default: this version's image) through the Docker API (Docker, or Podman's
+    socket). The grid, the store and the source are checked here first, so a bad grid or an
+    unreachable endpoint fails before any step runs. Raises PipelineFailed with the failing
+    step's error message when a step fails.
     """
     if runner not in c.RUNNERS:
         raise InvalidInput(f"unknown runner {runner!r}: use one of {', '.join(c.RUNNERS)}")
-    if dataset not in vocab.DATASETS:
-        raise InvalidInput(f"unknown dataset {dataset!r}: use one of {', '.join(vocab.DATASETS)}")
-    store_uri = open_store(store).uri
+    store_uri = open_store(config.store or None).uri
     if runner == c.DOCKER_RUNNER and not store_uri.startswith("s3://"):
         raise InvalidInput(
             f"--runner docker needs an S3 store, not {store_uri}: step containers exchange data through "
             "the object store (set AWS_ENDPOINT_URL_S3 and the keys), or use --runner subprocess"
         )
+    source, labels = config.source, config.labels
     if not source.startswith("s3://"):
         source = str(Path(source).absolute())
     # A wrong layout, a missing archive or an empty s3:// prefix fails here, before any step.
     if labels and not labels.startswith("s3://") and Path(labels).is_file():
         labels = str(Path(labels).absolute())  # the steps run in another working directory
-    scan = scan_source(dataset, source, label, labels)
+    scan = scan_source(config.dataset, source, config.label, labels)
     # A bad grid, metric or recall floor fails here too, not after training.
-    expand_grid(grid, dataset, epochs, image_size, weights, freeze_backbone)
-    check_selection_metric(selection_metric)
-    min_recall = check_min_recall(min_recall, scan.class_names)
-    arguments = dict(
-        dataset=dataset,
+    expand_grid(config.grid, config.dataset, config.epochs, config.image_size, config.weights,
+                config.freeze_backbone)
+    check_selection_metric(config.selection_metric)
+    arguments = replace(
+        config,
         source=source,
         store=store_uri,
-        label=label,
-        max_rejected_fraction=max_rejected_fraction,
-        model_name=model_name or vocab.default_model_name(dataset, source, label),
-        grid=grid_json(grid, dataset),
-        epochs=epochs,
-        image_size=image_size,
-        test_fraction=test_fraction,
-        val_fraction=val_fraction,
-        seed=seed,
-        min_delta=min_delta,
-        selection_metric=selection_metric,
-        min_recall=min_recall,
-        weights=weights,
-        freeze_backbone=freeze_backbone,
         labels=labels,
-        require_significant=require_significant,
-    )
+        model_name=config.model_name or vocab.default_model_name(config.dataset, source, config.label),
+        grid=grid_json(config.grid, config.dataset),
+        min_recall=check_min_recall(config.min_recall, scan.class_names),
+    ).arguments()
     root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-")).absolute()
     root.mkdir(parents=True, exist_ok=True)
     pipeline, kfp_runner, checked = _pipeline_and_runner(runner, image, root, [source, labels])

@@ -2,6 +2,7 @@
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from kfp import dsl, kubernetes
 
@@ -62,73 +63,42 @@ def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def pipeline_graph(
-    dataset: str,
-    source: str,
-    store: str,
-    model_name: str = "",
-    grid: str = c.DEFAULT_GRID,
-    epochs: int = c.DEFAULT_EPOCHS,
-    image_size: int = c.DEFAULT_IMAGE_SIZE,
-    test_fraction: float = c.DEFAULT_TEST_FRACTION,
-    val_fraction: float = c.DEFAULT_VAL_FRACTION,
-    seed: int = c.DEFAULT_SEED,
-    min_delta: float = c.DEFAULT_MIN_DELTA,
-    label: str = "class",
-    max_rejected_fraction: float = vocab.DEFAULT_MAX_REJECTED_FRACTION,
-    selection_metric: str = c.DEFAULT_SELECTION_METRIC,
-    min_recall: dict = {},  # noqa: B006 (KFP reads the default; the dict is never mutated)
-    weights: str = c.DEFAULT_WEIGHTS,
-    freeze_backbone: bool = False,
-    labels: str = "",
-    require_significant: bool = False,
-) -> str:
-    """Train a grid of candidates on one dataset and push the best to the model repository.
+def pipeline_graph(*values, **named) -> str:
+    """The function KFP compiles; its signature and docstring (the run form) are RunConfig's."""
+    p = c.RUN_SIGNATURE.bind(*values, **named)
+    p.apply_defaults()
+    return wire(SimpleNamespace(**p.arguments))
 
-    KFP shows these descriptions as the run form's help text.
 
-    Args:
-        dataset: Layout of the source: covid19-radiography, mias, imagefolder or dicom.
-        source: The raw images: s3://bucket/prefix (or a folder, .zip or .tar(.gz) the pods can read).
-        store: Store root for run data and the model repository, e.g. s3://medkfp.
-        model_name: Served model name; empty: the dataset's (imagefolder: the folder's name).
-        grid: Candidates to train: quick, paper, or a JSON list of candidate settings.
-        epochs: Epochs of every candidate; 0: each candidate's own.
-        image_size: Training size in pixels; 0: the grid's (paper: 224 or 256), else 64.
-        test_fraction: Share of the images held out for the test split (0-1).
-        val_fraction: Share of the remaining images used for validation (0-1).
-        seed: Seed of the split, the balancing and training.
-        min_delta: Push only if the best candidate beats the served model by this much.
-        require_significant: Push only if the 95% interval of best minus served (same images) is above 0.
-        label: What to predict: class, or severity (mias only).
-        max_rejected_fraction: Stop when more than this share of the files found is rejected (0-1).
-        selection_metric: Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).
-        min_recall: Recall floors per class the pushed model must meet, e.g. {"COVID": 0.95}.
-        weights: Backbone weights of every candidate: imagenet, none or a weights file URI; empty: the grid's.
-        freeze_backbone: Train the dense head only.
-        labels: dicom only: the labels table (path or SOPInstanceUID, label); empty: labels.csv in the source.
+# KFP compiles the function's signature and docstring into the run form: both come from RunConfig.
+pipeline_graph.__signature__ = c.RUN_SIGNATURE
+pipeline_graph.__doc__ = c.run_parameters_docstring(
+    "Train a grid of candidates on one dataset and push the best to the model repository.\n\n"
+    "KFP shows these descriptions as the run form's help text.",
+    "The run summary (JSON).",
+)
 
-    Returns:
-        The run summary (JSON).
-    """
+
+def wire(p: SimpleNamespace) -> str:
+    """The graph, from the run parameters `p` (KFP's pipeline channels at compile time)."""
     candidates = in_container(
         grid_step.grid(
-            grid=grid, dataset=dataset, epochs=epochs, image_size=image_size, weights=weights,
-            freeze_backbone=freeze_backbone,
+            grid=p.grid, dataset=p.dataset, epochs=p.epochs, image_size=p.image_size, weights=p.weights,
+            freeze_backbone=p.freeze_backbone,
         )
     )
     run_image_size = in_container(
-        grid_step.grid_image_size(grid=grid, dataset=dataset, image_size=image_size)
+        grid_step.grid_image_size(grid=p.grid, dataset=p.dataset, image_size=p.image_size)
     )
     ingest = with_store_credentials(
         ingest_step.ingest(
-            dataset=dataset,
-            source=source,
-            store=store,
+            dataset=p.dataset,
+            source=p.source,
+            store=p.store,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            label=label,
-            max_rejected_fraction=max_rejected_fraction,
-            labels=labels,
+            label=p.label,
+            max_rejected_fraction=p.max_rejected_fraction,
+            labels=p.labels,
         )
     )
     kubernetes.use_secret_as_env(ingest, secret_name=c.DEID_SECRET, secret_key_to_env=c.DEID_SECRET_ENV,
@@ -137,15 +107,15 @@ def pipeline_graph(
         preprocess_step.preprocess(
             manifest=ingest.outputs["manifest"],
             image_size=run_image_size.output,
-            test_fraction=test_fraction,
-            val_fraction=val_fraction,
-            seed=seed,
+            test_fraction=p.test_fraction,
+            val_fraction=p.val_fraction,
+            seed=p.seed,
         )
     )
 
     with dsl.ParallelFor(candidates.output, parallelism=c.TRAIN_PARALLELISM) as candidate:
         balance = with_store_credentials(
-            balance_step.balance(dataset=preprocess.outputs["dataset"], candidate=candidate, seed=seed)
+            balance_step.balance(dataset=preprocess.outputs["dataset"], candidate=candidate, seed=p.seed)
         )
         train = on_gpu_node(
             with_store_credentials(
@@ -153,7 +123,7 @@ def pipeline_graph(
                     dataset=preprocess.outputs["dataset"],
                     balanced=balance.outputs["balanced"],
                     candidate=candidate,
-                    seed=seed,
+                    seed=p.seed,
                 )
             )
         )
@@ -166,12 +136,12 @@ def pipeline_graph(
             evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
             manifest=ingest.outputs["manifest"],
             dataset=preprocess.outputs["dataset"],
-            store=store,
-            model_name=model_name,
-            min_delta=min_delta,
-            selection_metric=selection_metric,
-            min_recall=min_recall,
-            require_significant=require_significant,
+            store=p.store,
+            model_name=p.model_name,
+            min_delta=p.min_delta,
+            selection_metric=p.selection_metric,
+            min_recall=p.min_recall,
+            require_significant=p.require_significant,
         )
     )
     return push.outputs["Output"]

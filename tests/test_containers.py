@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from medkfp import containers, vocab
+from medkfp.pipelines.configs import RunConfig
 from medkfp.pipelines.local_runner import PipelineFailed, run_local
 from medkfp.synth import synth_covid
 
@@ -77,7 +78,8 @@ def test_every_step_in_its_own_container_pushes_a_model(s3_env, tmp_path, engine
     synth_covid(tmp_path / "data", per_class=40, size=96, seed=1)
     started = time.time()
     summary = run_local(
-        dataset=vocab.COVID, source=str(tmp_path / "data"), store="s3://medkfp", epochs=12, image_size=48,
+        RunConfig(dataset=vocab.COVID, source=str(tmp_path / "data"), store="s3://medkfp", epochs=12,
+                  image_size=48),
         pipeline_root=str(tmp_path / "kfp"), runner="docker", image=medkfp_image,
     )
     assert container_starts(engine, medkfp_image, started, time.time()) >= TASKS
@@ -98,7 +100,7 @@ def test_a_failing_step_fails_the_run(s3_env, tmp_path, medkfp_image):
         for i in range(4):
             (tmp_path / "broken" / name / f"{i}.png").write_bytes(b"not a png")
     with pytest.raises(PipelineFailed, match="rejected"):
-        run_local(dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "broken"), store="s3://medkfp",
+        run_local(RunConfig(dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "broken"), store="s3://medkfp"),
                   pipeline_root=str(tmp_path / "kfp"), runner="docker", image=medkfp_image)
 
 
@@ -113,5 +115,5 @@ def test_runner_docker_needs_an_s3_store(tmp_path):
     folder.mkdir(parents=True)
     Image.new("L", (8, 8)).save(folder / "0.png")
     with pytest.raises(ValueError, match="needs an S3 store"):
-        run_local(dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "data"), store=str(tmp_path / "store"),
-                  runner="docker")
+        run_local(RunConfig(dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "data"),
+                            store=str(tmp_path / "store")), runner="docker")

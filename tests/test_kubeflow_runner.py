@@ -334,3 +334,12 @@ def test_the_cli_does_not_import_kfp_to_build_its_parser():
             "'--host', 'http://x']); print(sorted(m for m in ('kfp', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert yaml.safe_load(out) == []
+
+
+def test_the_pod_token_path_is_kfp_clients():
+    """Spelled in the runner so that failing commands never load kfp; it must stay kfp.Client's."""
+    from kfp import client
+
+    from medkfp.pipelines import kubeflow_runner
+
+    assert kubeflow_runner.POD_TOKEN_PATH == client.KF_PIPELINES_SA_TOKEN_PATH

@@ -252,17 +252,28 @@ def open_source(uri: str | os.PathLike) -> Source:
     uri = str(uri)
     if uri.startswith("s3://"):
         return _open_s3(uri)
+    path = check_source_uri(uri)
+    if path.is_dir():
+        return DirSource(path)
+    return _open_archive(path, str(path.absolute()))
+
+
+def check_source_uri(uri: str) -> Path | None:
+    """The local path of a source URI, checked to exist; None for s3:// (checked when opened).
+
+    Raises SourceError for another scheme or a path that does not exist.
+    """
+    if uri.startswith("s3://"):
+        return None
     if "://" in uri:
         raise SourceError(f"unsupported source {uri!r}: use a folder, a .zip/.tar(.gz) or s3://bucket/prefix")
     path = Path(uri)
-    if path.is_dir():
-        return DirSource(path)
     if not path.exists():
         raise SourceError(
             f"source {path} is not a folder or an archive (it does not exist): give the "
             "dataset's folder, .zip/.tar(.gz) or s3://bucket/prefix"
         )
-    return _open_archive(path, str(path.absolute()))
+    return path
 
 
 def _open_archive(path: Path, uri: str) -> Source:
