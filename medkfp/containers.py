@@ -9,14 +9,6 @@ from pathlib import Path
 from medkfp import vocab
 from medkfp.errors import UserError
 
-# The variables a step needs to reach the object store (the standard ones every S3 tool reads).
-S3_ENVIRONMENT = (
-    "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-)
-# Project settings (MEDKFP_*) travel with them.
-PROJECT_ENVIRONMENT_PREFIX = "MEDKFP_"
-
 
 class ContainerError(UserError, RuntimeError):
     """No container engine answers, or the image is missing; the message says what to run."""
@@ -71,7 +63,7 @@ def container_environment(environ=os.environ) -> dict[str, str]:
     """The caller's store and project variables, for the step containers."""
     return {
         name: value for name, value in environ.items()
-        if name in S3_ENVIRONMENT or name.startswith(PROJECT_ENVIRONMENT_PREFIX)
+        if name in vocab.S3_ENVIRONMENT or name.startswith(vocab.PROJECT_ENVIRONMENT_PREFIX)
     }
 
 

@@ -47,6 +47,7 @@ from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from medkfp import vocab
 from medkfp.errors import UserError
 
 # Reading stays lenient, but silent: pydicom's validation warnings quote the offending value,
@@ -55,7 +56,7 @@ pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
-SALT_ENV = "MEDKFP_PSEUDONYM_SALT"
+SALT_ENV = vocab.PSEUDONYM_SALT_ENV
 PREAMBLE = b"DICM"
 SUFFIXES = (".dcm", ".dicom")
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
@@ -84,7 +85,7 @@ REMOVED = "[removed]"
 TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
             "UR", "UT"}
 # Largest image converted (width x height), read from the header before the pixels are decoded.
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+DEFAULT_MAX_PIXELS = vocab.MAX_IMAGE_PIXELS
 
 
 class DicomRejected(UserError, ValueError):

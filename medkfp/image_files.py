@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Largest accepted image in pixels (width x height): 64 Mpx is far above any X-ray or
-# mammogram of the studies (299 x 299, 1024 x 1024) and stops decompression bombs, files
-# of a few KB that expand to gigabytes.
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+from medkfp import vocab
+
+# Largest accepted image in pixels (width x height): the one limit of vocab.
+DEFAULT_MAX_PIXELS = vocab.MAX_IMAGE_PIXELS
 
 PASS_THROUGH_FORMATS = {"PNG", "JPEG"}
 PASS_THROUGH_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I;16L"}

@@ -37,13 +37,6 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def encode_png(image: tf.Tensor) -> bytes:
-    return tf.io.encode_png(image).numpy()
-
-
-# --- image size from the header, before decoding --------------------------------------------
-
-
 def image_dimensions(data: bytes) -> tuple[int, int] | None:
     """(width, height) read from a PNG, JPEG, BMP or GIF header without decoding the pixels.
 

@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 
+from medkfp import vocab
+
 ACCESS_KEY = "medkfp-demo"
 SECRET_KEY = "medkfp-demo-secret"
 START_TIMEOUT = 60.0
@@ -28,10 +30,10 @@ def free_port() -> int:
 
 def s3_env(endpoint: str) -> dict[str, str]:
     return {
-        "AWS_ENDPOINT_URL_S3": endpoint,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_REGION": "us-east-1",
+        vocab.S3_ENDPOINT_ENV: endpoint,
+        vocab.ACCESS_KEY_ENV: ACCESS_KEY,
+        vocab.SECRET_KEY_ENV: SECRET_KEY,
+        vocab.REGION_ENVS[0]: "us-east-1",
     }
 
 

@@ -181,8 +181,10 @@ FLOAT_INPUT_KEY = "images"
 # The model layer whose output is the pre-softmax logits: the export divides them by the
 # temperature fitted on the validation split, so served probabilities are calibrated.
 LOGITS_LAYER = "logits"
-# Largest image (width x height) the serving signature and the server decode: 25 MP covers
-# full-field mammograms (~14-21 MP); checked from the file header, before decoding.
+# Largest image (width x height) anywhere: ingest, DICOM conversion, the serving signature and
+# the server, so a file a run accepts is one its served model takes. 25 MP covers full-field
+# mammograms (~14-21 MP) and stops decompression bombs (a few KB that expand to gigabytes); it
+# is read from the file header, before the pixels are decoded.
 MAX_IMAGE_PIXELS = 25_000_000
 # Versions the model repository keeps per model (the served ones are always kept).
 DEFAULT_KEEP_VERSIONS = 5
@@ -233,6 +235,23 @@ def dataset_classes(dataset: str) -> tuple[str, ...] | None:
     """The fixed class list of a known dataset, or None when the source defines it."""
     return {COVID: COVID_CLASSES, MIAS: MIAS_CLASSES}.get(dataset)
 
+
+# --- environment variables -----------------------------------------------------------
+# The object store's endpoint and keys: the standard variables MinIO, SeaweedFS and AWS tools
+# all read (AWS_ENDPOINT_URL is the fallback for every service, AWS_ENDPOINT_URL_S3 for S3 only).
+S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+SESSION_TOKEN_ENV = "AWS_SESSION_TOKEN"
+REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+S3_ENVIRONMENT = (S3_ENDPOINT_ENV, ENDPOINT_ENV, ACCESS_KEY_ENV, SECRET_KEY_ENV, SESSION_TOKEN_ENV,
+                  *REGION_ENVS)
+# The project's own settings, all MEDKFP_*: they travel into step containers with the above.
+PROJECT_ENVIRONMENT_PREFIX = "MEDKFP_"
+STORE_ENV = "MEDKFP_STORE"
+STORE_RETRY_SECONDS_ENV = "MEDKFP_STORE_RETRY_SECONDS"
+PSEUDONYM_SALT_ENV = "MEDKFP_PSEUDONYM_SALT"
 
 # --- containers -----------------------------------------------------------------------
 # The image every step runs in, tagged with the package version; its GPU variant runs train.

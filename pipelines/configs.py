@@ -141,14 +141,14 @@ RUN_SIGNATURE = run_parameters_signature()
 # Cluster settings, ignored by kfp.local.
 S3_SECRET = "medkfp-s3"
 S3_SECRET_ENV = {
-    "endpoint": "AWS_ENDPOINT_URL_S3",
-    "access-key": "AWS_ACCESS_KEY_ID",
-    "secret-key": "AWS_SECRET_ACCESS_KEY",
+    "endpoint": vocab.S3_ENDPOINT_ENV,
+    "access-key": vocab.ACCESS_KEY_ENV,
+    "secret-key": vocab.SECRET_KEY_ENV,
 }
 # The salt of the DICOM patient pseudonyms (medkfp.dicom), for the ingest step only; optional:
 # without the Secret each run draws a random salt, so pseudonyms do not link across runs.
 DEID_SECRET = "medkfp-deid"
-DEID_SECRET_ENV = {"pseudonym-salt": "MEDKFP_PSEUDONYM_SALT"}
+DEID_SECRET_ENV = {"pseudonym-salt": vocab.PSEUDONYM_SALT_ENV}
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_COUNT = 1
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

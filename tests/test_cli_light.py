@@ -49,7 +49,8 @@ def test_help_and_synth_are_light(tmp_path):
 
 
 def test_plan_is_light(dataset):
-    status, loaded, _ = run_cli("plan", "--dataset", "covid19-radiography", "--source", str(dataset), "--json")
+    status, loaded, _ = run_cli("plan", "--dataset", "covid19-radiography", "--source", str(dataset),
+                                "--json")
     assert (status, loaded) == (0, [])
 
 
@@ -71,7 +72,8 @@ def test_model_repository_commands_are_light(tmp_path):
         status, loaded, stderr = run_cli(*args)
         assert (status, loaded) == (2, []), args
         assert_one_error_line(stderr)
-    status, loaded, stderr = run_cli("serving-sync", "--store", store, "--dir", str(tmp_path / "mirror"), "--once")
+    status, loaded, stderr = run_cli("serving-sync", "--store", store, "--dir", str(tmp_path / "mirror"),
+                                     "--once")
     assert (status, loaded) == (0, []), stderr
 
 

@@ -70,9 +70,8 @@ def preprocess(
     run_id = ingest_summary["run_id"]
     class_names = ingest_summary["class_names"]
     manifest = read_manifest(ingest_summary)
-    # Manifests without groups (older ingests): every image is its own group.
-    group = manifest["group"] if "group" in manifest else pd.Series("", index=manifest.index)
-    manifest["group"] = group.where(group != "", manifest["id"])
+    # An image without a group (no patient or film pair known) is its own group.
+    manifest["group"] = manifest["group"].where(manifest["group"] != "", manifest["id"])
     manifest["split"] = split_examples(
         manifest["label"], test_fraction, val_fraction, seed, groups=manifest["group"]
     )

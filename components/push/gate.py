@@ -137,7 +137,7 @@ def rescore_champion(
     )
     paired = paired_stats.compare(
         a.labels, a.predictions, b.predictions, len(dataset_summary["class_names"]), metric,
-        seed=int(dataset_summary.get("seed", 0)), **probabilities,
+        seed=int(dataset_summary["seed"]), **probabilities,
     )
     return b.metrics, paired
 

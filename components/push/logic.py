@@ -122,7 +122,7 @@ def push(
     """
     dataset = ingest_summary["dataset"]
     model_name = model_name or vocab.default_model_name(
-        dataset, ingest_summary["source"], ingest_summary.get("label", "class")
+        dataset, ingest_summary["source"], ingest_summary["label"]
     )
     floors = check_min_recall(min_recall, dataset_summary["class_names"])
     best = select_best(evaluations, metric)
@@ -144,11 +144,11 @@ def push(
     if gate["push"]:
         metadata = {
             "dataset": dataset,
-            "label": ingest_summary.get("label", "class"),
+            "label": ingest_summary["label"],
             "candidate": best["candidate"],
             "class_names": best["metrics"]["class_names"],
             "metrics": best["metrics"],
-            "image_size": best.get("image_size", dataset_summary["image_size"]),
+            "image_size": best["image_size"],
             "run_id": ingest_summary["run_id"],
             "source_model_uri": best["model_uri"],
             "snapshot": ingest_summary.get("snapshot"),
@@ -169,7 +169,7 @@ def push(
         "run_id": ingest_summary["run_id"],
         "image_size": dataset_summary["image_size"],
         "counts": counts,
-        "rejects": ingest_summary.get("rejects", []),
+        "rejects": ingest_summary["rejects"],
         "candidates": [candidate_entry(e) for e in evaluations],
         "selected": best["candidate"]["name"],
         "selection_metric": metric,
