@@ -82,3 +82,20 @@ def test_schedule_errors_are_light():
     status, loaded, stderr = run_cli("schedule", "list", "--host", f"http://127.0.0.1:{free_port()}")
     assert (status, loaded) == (2, [])
     assert_one_error_line(stderr)
+
+
+def test_a_bug_is_one_line_and_keeps_its_traceback_under_verbose(monkeypatch, tmp_path, capsys):
+    """A genuine bug (here a KeyError planted in synth) is not dressed up as the user's error."""
+    from medkfp import synth
+    from medkfp.cli import main
+
+    def broken(*args, **kwargs):
+        raise KeyError("planted")
+
+    monkeypatch.setattr(synth, "synth_covid", broken)
+    args = ["synth", "covid19-radiography", "--out", str(tmp_path / "s"), "--per-class", "1"]
+    assert main(args) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("medkfp: internal error: KeyError: 'planted'") and "-v" in line
+    with pytest.raises(KeyError, match="planted"):
+        main(["-v", *args])
