@@ -1,5 +1,4 @@
-"""Paired comparison of two classifiers on the same images: a bootstrap interval of the metric
-difference and McNemar's exact test.
+"""Paired comparison of two classifiers: bootstrap interval of the metric difference, McNemar's exact test.
 
 Both models are scored on one test split, image by image, so their scores differ only by
 the models, not by the images. The bootstrap resamples images (with replacement, the same

@@ -1,5 +1,4 @@
-"""Bounded parallel map, parallel uploads and a terminal progress bar, shared by ingest, plan and
-preprocess."""
+"""Bounded parallel map, parallel uploads and a terminal progress bar for ingest, plan and preprocess."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""Self-contained HTML reports for the KFP UI and for files: one per candidate (training curves,
-confusion-matrix heat map, per-class table, reliability diagram) and one comparison across
-candidates, like the COVID-19 study's Table IX. Scores carry their 95% bootstrap intervals.
-Figures are matplotlib PNGs embedded as base64.
+"""Self-contained HTML reports, for the KFP UI and for files: one per candidate, one comparing candidates.
+
+The candidate report has training curves, a confusion-matrix heat map, a per-class table and a
+reliability diagram; the comparison across candidates is like the COVID-19 study's Table IX.
+Scores carry their 95% bootstrap intervals. Figures are matplotlib PNGs embedded as base64.
 """
 
 from __future__ import annotations

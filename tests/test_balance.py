@@ -1,5 +1,6 @@
-"""Balance: the four strategies on the train split, class weights, and the before/after chart
-in the component's HTML artifact."""
+"""Balance: the four strategies on the train split, class weights, and the before/after chart.
+
+The chart is in the component's HTML artifact."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Concurrent publishes: distinct version numbers and no lost models.config change, on the
-loopback S3 server (conditional writes) and on a folder store (atomic links and lock files)."""
+"""Concurrent publishes: distinct version numbers and no lost models.config change, on both stores.
+
+The stores are the loopback S3 server (conditional writes) and a folder store (atomic links and
+lock files)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""DICOM: windowing one documented way, de-identification before the store, patients as split
-groups, broken objects rejected with reasons, and DICOM straight to the served model.
+"""DICOM: windowing, de-identification, patients as split groups, broken objects, DICOM to the model.
+
+Windowing is done one documented way, de-identification before the store; broken objects are
+rejected with reasons, and DICOM goes straight to the served model.
 
 Every DICOM file here is written by the test with pydicom (medkfp.synth.dicom): CR/DX films,
 MONOCHROME1 and MONOCHROME2, 12- and 16-bit stored values with rescale and window, RLE

@@ -1,5 +1,7 @@
-"""The evaluate step and `medkfp evaluate`: test-split metrics through the serving signature, the
-HTML report (curves, heat map, tables), and external validation of a published model."""
+"""The evaluate step and `medkfp evaluate`: test-split metrics, the HTML report, external validation.
+
+Metrics go through the serving signature; the report has curves, a heat map and tables; external
+validation scores a published model."""
 
 from __future__ import annotations
 

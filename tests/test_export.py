@@ -1,5 +1,6 @@
-"""The exported SavedModel: both signatures' names, dtypes and shapes, and the image checks
-serving_default runs in the graph before decoding."""
+"""The exported SavedModel: both signatures' names, dtypes and shapes, and serving_default's image checks.
+
+serving_default runs those checks in the graph, before decoding."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The fair champion gate: the served champion scored on this run's test split with the evaluate
-code, paired statistics (bootstrap interval of the difference, McNemar's exact test), the
---require-significant rule, class-list checks, and two runs in a row on different data."""
+"""The fair champion gate: the served champion scored on this run's test split, with paired statistics.
+
+The champion is scored with the evaluate code; the paired statistics are a bootstrap interval of
+the difference and McNemar's exact test. Also the --require-significant rule, class-list checks,
+and two runs in a row on different data."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The grid step: built-in grids (quick, the two studies' paper grids), grid files, the run-level
-settings applied to every candidate, and one-line errors for bad grids."""
+"""The grid step: built-in grids, grid files, run-level settings on every candidate, bad-grid errors.
+
+The built-in grids are quick and the two studies' paper grids; a bad grid gets a one-line error."""
 
 from __future__ import annotations
 

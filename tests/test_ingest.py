@@ -1,5 +1,6 @@
-"""Ingest: the dataset layouts, decode checks on a corpus of broken files, the one image
-normalization, duplicates and the rejected-fraction limit."""
+"""Ingest: dataset layouts, decode checks, the one image normalization, duplicates, rejected fraction.
+
+The decode checks run on a corpus of broken files; the rejected fraction has a limit."""
 
 from __future__ import annotations
 

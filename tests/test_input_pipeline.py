@@ -1,5 +1,7 @@
-"""The train step's input pipeline: the same balanced examples as the per-example pipeline it
-replaced, every cache choice, and the choice recorded; parallel uploads of ingest."""
+"""The train step's input pipeline and its cache choices; parallel uploads of ingest.
+
+The pipeline gives the same balanced examples as the per-example pipeline it replaced; every cache
+choice is tried, and the choice is recorded."""
 
 from __future__ import annotations
 

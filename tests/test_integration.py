@@ -1,5 +1,6 @@
-"""End to end: `medkfp run` through kfp.local and a loopback S3 server, then `medkfp serve`
-answering Predict / GetModelMetadata / GetModelStatus to a client built only from the
+"""End to end: `medkfp run` through kfp.local and a loopback S3 server, then `medkfp serve`.
+
+The server answers Predict / GetModelMetadata / GetModelStatus to a client built only from the
 tensorflow-serving-api stubs."""
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The k8s/ kustomize tree, checked without a cluster: every overlay renders, validates strictly,
-passes Pod Security "restricted", and its references, selectors and images hold together."""
+"""The k8s/ kustomize tree, checked without a cluster: every overlay renders and validates strictly.
+
+Every overlay also passes Pod Security "restricted", and its references, selectors and images hold
+together."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""`medkfp submit` and `medkfp schedule` through the real kfp.Client, against a recording test double
-of the KFP v2beta1 API (tests/kfp_api_double.py): it stands in for a KFP API server, which cannot run
-here. The double checks request bodies as the server would; these tests check what is sent, what is
-not sent on a second identical call, and the one-line errors."""
+"""`medkfp submit` and `medkfp schedule` through the real kfp.Client, against a KFP API test double.
+
+The double is a recording test double of the KFP v2beta1 API (tests/kfp_api_double.py): it stands
+in for a KFP API server, which cannot run here. The double checks request bodies as the server
+would; these tests check what is sent, what is not sent on a second identical call, and the
+one-line errors."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Metrics: the COVID-19 study's published tables follow from its confusion matrices, and every
-metric of the run summary (specificity, weighted F1, one-vs-rest ROC-AUC) on hand-checked cases;
-stratified bootstrap intervals, expected calibration error and temperature scaling."""
+"""Metrics: the COVID-19 study's tables, the run summary's metrics, bootstrap intervals and calibration.
+
+The study's published tables follow from its confusion matrices; every metric of the run summary
+(specificity, weighted F1, one-vs-rest ROC-AUC) is checked on hand-checked cases; then stratified
+bootstrap intervals, expected calibration error and temperature scaling."""
 
 from __future__ import annotations
 

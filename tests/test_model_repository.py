@@ -1,5 +1,6 @@
-"""The model repository: verified publishes, models.config, rollback, retention, and the
-`medkfp models` commands, on a local store and on the loopback S3 server."""
+"""The model repository: verified publishes, models.config, rollback, retention, `medkfp models`.
+
+All on a local store and on the loopback S3 server."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The compiled pipeline: six steps wired through a ParallelFor, GPU on train only (with the
-node selector, tolerations and retries `medkfp compile` takes), and the components' declared
-inputs and outputs."""
+"""The compiled pipeline: six steps through a ParallelFor, GPU on train only, declared inputs and outputs.
+
+The train step's GPU comes with the node selector, tolerations and retries `medkfp compile` takes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`medkfp plan`: the dry run's JSON on MIAS (hand-written Info.txt, pairs, severity), on
-COVID-19 (Table II totals, balancing) and on a folder with broken files mixed in."""
+"""`medkfp plan`: the dry run's JSON on MIAS, on COVID-19 and on a folder with broken files mixed in.
+
+MIAS has a hand-written Info.txt, pairs and severity; COVID-19 the Table II totals and balancing."""
 
 from __future__ import annotations
 

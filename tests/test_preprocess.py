@@ -1,5 +1,6 @@
-"""Preprocess: the stratified and grouped split (Table II totals, MIAS pairs, duplicates) and
-bounded, checksummed TFRecord shards in the store."""
+"""Preprocess: the stratified and grouped split, and bounded, checksummed TFRecord shards in the store.
+
+The split is checked on the Table II totals, MIAS pairs and duplicates."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Select and push: the best candidate by the selection metric, the champion gate (min delta and
-per-class recall floors) against the served version's metadata, and the run summary."""
+"""Select and push: the best candidate by the selection metric, the champion gate, the run summary.
+
+The gate holds the min delta and per-class recall floors against the served version's metadata."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Data lineage: ingest records the snapshot it read (keys, sizes, sha256 / ETag, listing time)
-with the run, and two snapshots diff into added / removed / changed files per class."""
+"""Data lineage: ingest records the snapshot it read with the run, and two snapshots diff per class.
+
+A snapshot holds keys, sizes, sha256 / ETag and the listing time; the diff gives added / removed /
+changed files per class."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Sources: a folder, .zip / .tar / .tar.gz archives read in place, and s3://bucket/prefix on
-the loopback S3 server give the same images; damaged archives and members are reported."""
+"""Sources: a folder, archives read in place and an S3 prefix give the same images; damage is reported.
+
+The archives are .zip / .tar / .tar.gz, the prefix is s3://bucket/prefix on the loopback S3 server;
+damaged archives and members are reported."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The S3 endpoint going away and coming back: store calls retry with backoff for a bounded time,
-fail in one line naming the endpoint when it stays away, and a publish cut off mid-way never
-leaves a half-written version named in models.config.
+"""The S3 endpoint going away and coming back: bounded retries, one-line failure, no half-written publish.
+
+Store calls retry with backoff for a bounded time, fail in one line naming the endpoint when it
+stays away, and a publish cut off mid-way never leaves a half-written version named in
+models.config.
 
 Two kinds of outage, both real: the loopback S3 server (moto) is stopped and started again on
 the same port; and, where the data must survive the outage the way it does on a MinIO disk

@@ -1,6 +1,7 @@
-"""The train step: architectures with their own preprocessing, weights from the object store,
-device choice, checkpoints that let a killed task resume, class weights, and one short run of a
-real backbone through the S3 store."""
+"""The train step: architectures, weights from the store, device choice, resumable checkpoints, class weights.
+
+Each architecture has its own preprocessing and the weights come from the object store;
+checkpoints let a killed task resume; and one short run trains a real backbone through the S3 store."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The train step's input pipeline: batched parse, parallel decode, vectorised cast and flip, and a
-decoded-image cache chosen from the split's size and the memory and disk at hand.
+"""The train step's input pipeline: batched parse, parallel decode, vectorised cast and flip, image cache.
 
 Per-example Python-level work is what kept the old pipeline at 0.6x of a bare parallel decode:
 here records are parsed a batch at a time (`tf.io.parse_example`), balanced with one
 `tf.repeat` per batch, decoded and flipped in a parallel map, and cast per training batch.
-When the decoded split fits in memory (or else on local disk) the decoded images are cached
-after the first pass, so later epochs skip PNG decoding altogether.
+The decoded-image cache is chosen from the split's size and the memory and disk at hand: when
+the decoded split fits in memory (or else on local disk) the decoded images are cached after
+the first pass, so later epochs skip PNG decoding altogether.
 """
 
 from __future__ import annotations

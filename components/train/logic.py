@@ -1,5 +1,6 @@
-"""Train one candidate: stream its balanced train shards, fit with per-epoch checkpoints in the
-store, export the serving SavedModel.
+"""Train one candidate on its balanced train shards and export the serving SavedModel.
+
+The shards are streamed, and a checkpoint goes to the store after every epoch.
 
 A candidate dict (vocab.Candidate.to_dict) carries everything: architecture, head, weights,
 optimizer, learning rate, batch size, epochs and the step budget. EarlyStopping (patience 3)
