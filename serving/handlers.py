@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import any_pb2
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
 from medkfp import vocab
 from medkfp.imaging import image_dimensions
 from medkfp.serving.batching import Batcher, BatcherClosed, QueueFull
-from medkfp.serving.models import LoadedVersion, ModelManager, RpcError
+from medkfp.serving.models import InputSpec, LoadedVersion, ModelManager, RpcError, Signature
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,13 @@ def _resolve(manager: ModelManager, spec) -> LoadedVersion:
     return model.resolve()
 
 
-def _convert_inputs(inputs, fn, where: str) -> dict:
-    """Request TensorProtos -> numpy arrays for `fn`, checked against its input signature.
+def _convert_inputs(inputs, signature: Signature) -> dict:
+    """Request TensorProtos -> numpy arrays for `signature`, checked against its input specs.
 
     Raises RpcError(INVALID_ARGUMENT) naming the expected keys, dtypes or shapes.
     """
-    specs = fn.structured_input_signature[1]
-    if set(inputs) != set(specs):
+    specs, where = signature.inputs, signature.where
+    if len(inputs) != len(specs) or any(key not in inputs for key in specs):
         raise RpcError(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{where} expects inputs {sorted(specs)}, got {sorted(inputs)}",
@@ -90,26 +90,47 @@ def _convert_inputs(inputs, fn, where: str) -> dict:
     tensors = {}
     for key, spec in specs.items():
         proto = inputs[key]
-        dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
-        if dtype != spec.dtype:
+        if proto.dtype != spec.enum:
+            dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
             got = dtype.name if dtype else "no dtype"
             raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{where} input {key!r} must be {spec.dtype.name}, got {got}",
             )
         try:
-            array = tf.make_ndarray(proto)
+            array = _to_ndarray(proto, spec)
         except (TypeError, ValueError) as e:
             raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"{where} input {key!r} is malformed: {e}"
             ) from None
-        if not spec.shape.is_compatible_with(array.shape):
+        if not spec.accepts_shape(array.shape):
             raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{where} input {key!r} must have shape {spec.shape}, got {list(array.shape)}",
             )
         tensors[key] = array
     return tensors
+
+
+def _to_ndarray(proto: tensor_pb2.TensorProto, spec: InputSpec) -> np.ndarray:
+    """tf.make_ndarray(proto), read with numpy for the two encodings clients send.
+
+    A full string_val (what tf.make_tensor_proto writes for bytes) and tensor_content (for
+    numbers) are read directly: TF's helper costs more Python than the rest of a request.
+    Every other encoding (typed value lists, a repeated last value) goes through
+    tf.make_ndarray, so the array is always the one TF would build.
+    """
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    count = 1
+    for size in shape:
+        count *= size
+    if count >= 0 and all(size >= 0 for size in shape):
+        if spec.enum == _DT_STRING:
+            if len(proto.string_val) == count and not proto.tensor_content:
+                return np.array(list(proto.string_val), dtype=object).reshape(shape)
+        elif proto.tensor_content:
+            return np.frombuffer(proto.tensor_content, dtype=spec.dtype.as_numpy_dtype).copy().reshape(shape)
+    return tf.make_ndarray(proto)
 
 
 def _check_limits(arrays: dict, limits: RequestLimits, where: str) -> None:
@@ -148,16 +169,16 @@ def _tf_message(message: str) -> str:
     return " ".join(" ".join(kept).split(" [Op:")[0].split())
 
 
-def _run(fn, arrays: dict, where: str) -> dict[str, np.ndarray]:
+def _run(signature: Signature, arrays: dict, where: str) -> dict[str, np.ndarray]:
     """Call a signature on numpy inputs; returns its outputs as numpy arrays.
 
     An input it cannot process (e.g. bytes that are no image) is the caller's error,
     RpcError(INVALID_ARGUMENT), not the server's.
     """
-    specs = fn.structured_input_signature[1]
+    specs = signature.inputs
     tensors = {key: tf.constant(array, dtype=specs[key].dtype) for key, array in arrays.items()}
     try:
-        outputs = fn(**tensors)
+        outputs = signature.fn(**tensors)
     except tf.errors.InvalidArgumentError as e:
         raise RpcError(
             grpc.StatusCode.INVALID_ARGUMENT, f"{where} cannot process the input: {_tf_message(e.message)}"
@@ -174,12 +195,26 @@ def _fill_tensor_proto(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None
     if array.dtype.kind in "SU":
         array = array.astype(object)
     if array.dtype == object:
-        proto.dtype = tf.string.as_datatype_enum
+        proto.dtype = _DT_STRING
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1))
     else:
-        proto.dtype = tf.dtypes.as_dtype(array.dtype).as_datatype_enum
-        proto.tensor_content = np.ascontiguousarray(array).tobytes()
-    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape)
+        proto.dtype = _datatype_enum(array.dtype)
+        proto.tensor_content = array.tobytes()  # C order, whatever the array's layout
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add().size = size
+
+
+_DT_STRING = tf.string.as_datatype_enum
+_DATATYPE_ENUMS: dict[np.dtype, int] = {}
+
+
+def _datatype_enum(dtype: np.dtype) -> int:
+    """The TF DataType enum of a numpy dtype (tf.dtypes.as_dtype's answer, remembered)."""
+    enum = _DATATYPE_ENUMS.get(dtype)
+    if enum is None:
+        enum = _DATATYPE_ENUMS[dtype] = tf.dtypes.as_dtype(dtype).as_datatype_enum
+    return enum
 
 
 def _select_outputs(outputs: dict, output_filter, where: str) -> list[str]:
@@ -204,15 +239,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.limits = limits or RequestLimits()
         self.batcher = batcher
 
-    def _predict(self, loaded: LoadedVersion, signature_name: str, fn, arrays: dict, where: str) -> dict:
+    def _predict(self, loaded: LoadedVersion, signature: Signature, arrays: dict) -> dict:
         """Run one request's (already validated) inputs, through the batcher when there is one."""
+        where = signature.where
         if self.batcher is None:
-            return _run(fn, arrays, where)
+            return _run(signature, arrays, where)
         # A batch runs on one loaded version object: after a hot swap, requests holding the
         # old and the new set of models never share a batch, even for the same number.
-        key = (loaded.name, loaded.version, signature_name, id(fn))
+        key = (loaded.name, loaded.version, signature.name, id(signature.fn))
         try:
-            return self.batcher.run(key, functools.partial(_run, fn, where=where), arrays)
+            return self.batcher.run(key, functools.partial(_run, signature, where=where), arrays)
         except (QueueFull, BatcherClosed) as e:
             raise RpcError(grpc.StatusCode.UNAVAILABLE, f"{where}: {e}") from None
 
@@ -220,11 +256,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         loaded = _resolve(self.manager, request.model_spec)
         signature_name = request.model_spec.signature_name or vocab.SIGNATURE
-        fn = loaded.signature(signature_name)
-        where = f"model {loaded.name} version {loaded.version} signature {signature_name!r}"
-        arrays = _convert_inputs(request.inputs, fn, where)
+        signature = loaded.signature(signature_name)
+        where = signature.where
+        arrays = _convert_inputs(request.inputs, signature)
         _check_limits(arrays, self.limits, where)
-        outputs = self._predict(loaded, signature_name, fn, arrays, where)
+        outputs = self._predict(loaded, signature, arrays)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = loaded.name
         response.model_spec.version.value = loaded.version

@@ -51,6 +51,45 @@ class RpcError(Exception):
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One input of a signature: its TF dtype (and DataType enum) and shape (dims, None = any)."""
+
+    dtype: tf.DType
+    enum: int
+    shape: tf.TensorShape
+    dims: tuple[int | None, ...] | None  # None: any rank
+
+    @classmethod
+    def of(cls, spec: tf.TensorSpec) -> InputSpec:
+        dims = None if spec.shape.rank is None else tuple(spec.shape.as_list())
+        return cls(spec.dtype, spec.dtype.as_datatype_enum, spec.shape, dims)
+
+    def accepts_shape(self, shape: tuple[int, ...]) -> bool:
+        """spec.shape.is_compatible_with(shape), without building a TensorShape per request."""
+        if self.dims is None:
+            return True
+        return len(shape) == len(self.dims) and all(d is None or d == n for d, n in zip(self.dims, shape))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A callable signature of a loaded version with its input specs, read once at load.
+
+    `where` names it in error messages ("model m version 2 signature 'serving_default'").
+    """
+
+    name: str
+    fn: object = field(repr=False)
+    inputs: dict[str, InputSpec] = field(repr=False)
+    where: str
+
+    @classmethod
+    def of(cls, model: str, version: int, name: str, fn) -> Signature:
+        inputs = {key: InputSpec.of(spec) for key, spec in fn.structured_input_signature[1].items()}
+        return cls(name, fn, inputs, f"model {model} version {version} signature {name!r}")
+
+
+@dataclass(frozen=True)
 class LoadedVersion:
     """One version of a model in memory: its signatures and their SignatureDefs."""
 
@@ -59,17 +98,18 @@ class LoadedVersion:
     path: Path
     loaded: object = field(repr=False)
     signature_defs: dict[str, meta_graph_pb2.SignatureDef] = field(repr=False)
+    signatures: dict[str, Signature] = field(repr=False)
 
-    def signature(self, signature_name: str):
+    def signature(self, signature_name: str) -> Signature:
         """The callable signature; raises RpcError(INVALID_ARGUMENT) naming the ones it has."""
-        signatures = self.loaded.signatures
-        if signature_name not in signatures:
+        signature = self.signatures.get(signature_name)
+        if signature is None:
             raise RpcError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"model {self.name} version {self.version} has no signature {signature_name!r}; "
-                f"it has {', '.join(sorted(signatures))}",
+                f"it has {', '.join(sorted(self.signatures))}",
             )
-        return signatures[signature_name]
+        return signature
 
 
 @dataclass(frozen=True)
@@ -85,7 +125,6 @@ class ServedModel:
 
         Raises RpcError(NOT_FOUND) for a version or label that is not loaded.
         """
-        loaded = ", ".join(str(v) for v in sorted(self.versions)) or "none"
         if label:
             if label not in self.labels:
                 known = ", ".join(sorted(self.labels)) or "none"
@@ -98,7 +137,7 @@ class ServedModel:
                 raise RpcError(
                     grpc.StatusCode.NOT_FOUND,
                     f"label {label!r} of model {self.name} points to version {version}, "
-                    f"which is not loaded (loaded versions: {loaded})",
+                    f"which is not loaded (loaded versions: {self._loaded_versions()})",
                 )
         if version is None:
             # Like TF Serving: the default is the highest loaded version, not a label.
@@ -108,9 +147,13 @@ class ServedModel:
         if version not in self.versions:
             raise RpcError(
                 grpc.StatusCode.NOT_FOUND,
-                f"model {self.name} has no loaded version {version} (loaded versions: {loaded})",
+                f"model {self.name} has no loaded version {version} (loaded versions: "
+                f"{self._loaded_versions()})",
             )
         return self.versions[version]
+
+    def _loaded_versions(self) -> str:
+        return ", ".join(str(v) for v in sorted(self.versions)) or "none"
 
 
 class ModelManager:
@@ -273,7 +316,9 @@ class ModelManager:
             time.monotonic() - started,
             ", ".join(sorted(loaded.signatures)),
         )
-        return LoadedVersion(name, version, path, loaded, signature_defs)
+        # Each signature's input specs are read once here, not on every request.
+        signatures = {key: Signature.of(name, version, key, fn) for key, fn in loaded.signatures.items()}
+        return LoadedVersion(name, version, path, loaded, signature_defs, signatures)
 
     def _fetch(self, name: str, version: int) -> Path:
         """The local copy of a version, downloaded and verified like serving-sync does it."""

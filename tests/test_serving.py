@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from serving_helpers import CLASSES, SIZE, encoded, export_model, png, png_bomb, wait_for
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -214,6 +215,29 @@ def test_bad_input_is_invalid_argument(prediction):
         error = rpc_error(prediction.Predict, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in error.details()
+
+
+def test_request_tensors_are_read_as_tf_reads_them():
+    """The server reads request tensors with numpy: every encoding gives tf.make_ndarray's array."""
+    from medkfp.serving.handlers import _to_ndarray
+    from medkfp.serving.models import InputSpec
+
+    strings = InputSpec.of(tf.TensorSpec([None], tf.string))
+    floats = InputSpec.of(tf.TensorSpec([None, 2, 3], tf.float32))
+    padded = tensor_pb2.TensorProto(dtype=tf.string.as_datatype_enum, string_val=[b"a", b"b"])
+    padded.tensor_shape.dim.add().size = 4  # TF repeats the last value
+    cases = [
+        (string_tensor(IMAGES), strings),
+        (tf.make_tensor_proto([], dtype=tf.string, shape=[0]), strings),
+        (padded, strings),
+        (tf.make_tensor_proto(np.arange(12, dtype=np.float32).reshape(2, 2, 3)), floats),
+        (tensor_pb2.TensorProto(dtype=tf.float32.as_datatype_enum, float_val=[1.5] * 6,
+                                tensor_shape={"dim": [{"size": 1}, {"size": 2}, {"size": 3}]}), floats),
+    ]
+    for proto, spec in cases:
+        expected, array = tf.make_ndarray(proto), _to_ndarray(proto, spec)
+        assert (array.dtype, array.shape) == (expected.dtype, expected.shape)
+        assert array.tolist() == expected.tolist()
 
 
 def test_request_above_size_limit_is_refused(prediction):
