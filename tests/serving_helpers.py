@@ -1,5 +1,9 @@
-"""Helpers shared by the serving tests: tiny exported models, images, a store that fails on cue,
-a bare-stub Predict and a poll-until-true."""
+"""Helpers shared by the serving tests: tiny models, images, a failing store, a stub Predict, polling.
+
+export_model() exports a tiny classifier with medkfp's signatures, png()/encoded()/png_bomb()
+make images, FailingStore fails a write on cue, stub_predict() calls Predict through the
+tensorflow-serving-api stubs alone and wait_for() polls until a condition holds.
+"""
 
 from __future__ import annotations
 

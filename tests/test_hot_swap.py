@@ -1,8 +1,9 @@
-"""Serving never drops a request: clients predict non-stop while versions are published,
-rolled back, or fail to publish, and while the server shuts down on SIGTERM.
+"""Serving never drops a request: not while versions are published, rolled back or fail, nor on SIGTERM.
 
-Real gRPC, real TensorFlow, real stores. Versions are told apart by their answers: the
-"a" export puts ~0.98 on class a for every image, the "b" export on class b.
+Clients predict non-stop while versions are published, rolled back, or fail to publish, and
+while the server shuts down on SIGTERM. Real gRPC, real TensorFlow, real stores. Versions
+are told apart by their answers: the "a" export puts ~0.98 on class a for every image, the
+"b" export on class b.
 """
 
 from __future__ import annotations
