@@ -53,8 +53,8 @@ demo: setup ## Whole flow on this machine: S3 server, synth data, pipeline run, 
 compile: setup ## Compile the pipeline to pipeline.yaml
 	$(VENV)/bin/medkfp compile --out pipeline.yaml
 
-bench: setup ## Benchmarks, each beside its limit: preprocess, ingest upload, input pipeline, predict, soak
-	$(PY) bench/preprocess_bench.py
+bench: setup ## Benchmarks, each beside its limit: preprocess, ingest upload, input pipeline, predict, soak, CLI
+	$(PY) bench/cli_bench.py
 	$(PY) bench/input_pipeline_bench.py
 	$(PY) bench/predict_bench.py
 	$(PY) bench/soak_bench.py --seconds $(SOAK_SECONDS)
