@@ -55,6 +55,7 @@ compile: setup ## Compile the pipeline to pipeline.yaml
 
 bench: setup ## Benchmarks, each beside its limit: preprocess, ingest upload, input pipeline, predict, soak, CLI
 	$(PY) bench/cli_bench.py
+	$(PY) bench/preprocess_bench.py
 	$(PY) bench/input_pipeline_bench.py
 	$(PY) bench/predict_bench.py
 	$(PY) bench/soak_bench.py --seconds $(SOAK_SECONDS)
