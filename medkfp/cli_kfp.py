@@ -24,23 +24,15 @@ def pipeline_arguments(args: argparse.Namespace) -> dict:
     floors name real classes; a grid FILE is read here and sent as JSON. The data and the store are
     never read: the pods do that. Raises InvalidInput naming the option and the fix.
     """
-    from medkfp.components.grid.logic import expand_grid, grid_json
-
     for option, uri in (("--source", args.source), ("--store", args.store)):
         if not uri.startswith("s3://"):
             raise InvalidInput(
                 f"{option} {uri}: the pipeline's pods read and write the store over S3, not this "
                 "machine's files; upload the images (aws s3 cp --recursive, mc cp -r) and pass s3://bucket/prefix"
             )
-    config = run_config(args, args.store.rstrip("/"))
-    expand_grid(config.grid, config.dataset, config.epochs, config.image_size, config.weights,
-                config.freeze_backbone)
-    return replace(
-        config,
-        model_name=config.model_name or vocab.default_model_name(config.dataset, config.source, config.label),
-        grid=grid_json(config.grid, config.dataset),
-        min_recall=check_recall_floors(config.min_recall, config.dataset, config.label),
-    ).arguments()
+    config = run_config(args, args.store.rstrip("/")).completed()
+    floors = check_recall_floors(config.min_recall, config.dataset, config.label)
+    return replace(config, min_recall=floors).arguments()
 
 
 def check_recall_floors(floors: dict[str, float], dataset: str, label: str) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from medkfp import vocab
 from medkfp.errors import InvalidInput
@@ -106,6 +106,21 @@ class RunConfig:
             raise InvalidInput(
                 f"--label {self.label} needs --dataset {vocab.MIAS}: {self.dataset} has no severity"
             )
+
+    def completed(self) -> RunConfig:
+        """The config as a run takes it: the grid checked (a grid file read into JSON, since the
+        pods cannot read this machine's files) and the served model's name filled in.
+
+        Raises InvalidInput for a grid that does not expand for this dataset.
+        """
+        from medkfp.components.grid.logic import expand_grid, grid_json
+
+        expand_grid(self.grid, self.dataset, self.epochs, self.image_size, self.weights, self.freeze_backbone)
+        return replace(
+            self,
+            grid=grid_json(self.grid, self.dataset),
+            model_name=self.model_name or vocab.default_model_name(self.dataset, self.source, self.label),
+        )
 
     def arguments(self) -> dict:
         """{parameter: value}, as the pipeline takes them."""

@@ -14,7 +14,6 @@ from pathlib import Path
 from kfp import local
 
 from medkfp import vocab
-from medkfp.components.grid.logic import expand_grid, grid_json
 from medkfp.components.ingest.layouts import scan_source
 from medkfp.components.push.logic import check_min_recall, check_selection_metric
 from medkfp.errors import InvalidInput, UserError
@@ -85,18 +84,9 @@ def run_local(
         labels = str(Path(labels).absolute())  # the steps run in another working directory
     scan = scan_source(config.dataset, source, config.label, labels)
     # A bad grid, metric or recall floor fails here too, not after training.
-    expand_grid(config.grid, config.dataset, config.epochs, config.image_size, config.weights,
-                config.freeze_backbone)
+    config = replace(config, source=source, store=store_uri, labels=labels).completed()
     check_selection_metric(config.selection_metric)
-    arguments = replace(
-        config,
-        source=source,
-        store=store_uri,
-        labels=labels,
-        model_name=config.model_name or vocab.default_model_name(config.dataset, source, config.label),
-        grid=grid_json(config.grid, config.dataset),
-        min_recall=check_min_recall(config.min_recall, scan.class_names),
-    ).arguments()
+    arguments = replace(config, min_recall=check_min_recall(config.min_recall, scan.class_names)).arguments()
     root = Path(pipeline_root or tempfile.mkdtemp(prefix="medkfp-kfp-")).absolute()
     root.mkdir(parents=True, exist_ok=True)
     pipeline, kfp_runner, checked = _pipeline_and_runner(runner, image, root, [source, labels])
