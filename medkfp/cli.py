@@ -428,15 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the model repository over TF Serving's gRPC API")
     s.add_argument("--store")
     s.add_argument("--port", type=int, default=vocab.DEFAULT_GRPC_PORT)
-    s.add_argument("--host", default="0.0.0.0", help="address the built-in server binds")
+    s.add_argument("--host", default=vocab.DEFAULT_SERVE_HOST, help="address the built-in server binds")
     s.add_argument("--engine", choices=vocab.SERVING_ENGINES, default="auto",
                    help="auto: tensorflow_model_server when it is on PATH, else the built-in server")
     s.add_argument("--model-dir", help="TF Serving: the local mirror serving-sync keeps (default "
                    f"{vocab.DEFAULT_SERVING_DIR}); built-in: serve this mirror instead of --store")
-    s.add_argument("--poll", type=float, default=5.0, help="seconds between models.config checks")
+    s.add_argument("--poll", type=float, default=vocab.DEFAULT_POLL_SECONDS,
+                   help="seconds between models.config checks")
     s.add_argument("--max-image-pixels", type=int, default=vocab.MAX_IMAGE_PIXELS,
                    help="built-in: largest image (width x height) accepted, read from its header")
-    s.add_argument("--max-batch", type=int, default=256, help="built-in: most images per request")
+    s.add_argument("--max-batch", type=int, default=vocab.DEFAULT_MAX_BATCH,
+                   help="built-in: most images per request")
     s.add_argument("--max-request-mb", type=int, default=vocab.MAX_MESSAGE_BYTES // 2**20,
                    help="built-in: largest request message")
     s.add_argument("--enable-batching", action="store_true",
