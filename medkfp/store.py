@@ -28,12 +28,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from medkfp import vocab
 from medkfp.errors import UserError
 
 DEFAULT_LOCAL_STORE = ".medkfp/store"
 DEFAULT_S3_STORE = "s3://medkfp"
 # How long S3 calls are retried while the endpoint is unreachable or overloaded.
-RETRY_SECONDS_ENV = "MEDKFP_STORE_RETRY_SECONDS"
+RETRY_SECONDS_ENV = vocab.STORE_RETRY_SECONDS_ENV
 DEFAULT_RETRY_SECONDS = 60.0
 # An endpoint this process never reached is more likely misconfigured than restarting:
 # it gets at most this long, so a wrong AWS_ENDPOINT_URL_S3 fails in seconds.
@@ -91,15 +92,15 @@ def sha256_hex(data: bytes) -> str:
 
 def s3_endpoint() -> str | None:
     """The configured S3 endpoint URL, from the variables AWS tools, MinIO and SeaweedFS honour."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return os.environ.get(vocab.S3_ENDPOINT_ENV) or os.environ.get(vocab.ENDPOINT_ENV) or None
 
 
 def resolve_store_uri(uri: str | None = None) -> str:
     """--store default: $MEDKFP_STORE, else s3://medkfp with an endpoint, else a local folder."""
     if uri:
         return uri
-    if os.environ.get("MEDKFP_STORE"):
-        return os.environ["MEDKFP_STORE"]
+    if os.environ.get(vocab.STORE_ENV):
+        return os.environ[vocab.STORE_ENV]
     return DEFAULT_S3_STORE if s3_endpoint() else DEFAULT_LOCAL_STORE
 
 
@@ -382,7 +383,7 @@ class S3Store(Store):
         endpoint = s3_endpoint()
         if not endpoint:
             raise StoreError(
-                f"store {uri} needs an S3 endpoint: set AWS_ENDPOINT_URL_S3 (e.g. http://minio:9000)"
+                f"store {uri} needs an S3 endpoint: set {vocab.S3_ENDPOINT_ENV} (e.g. http://minio:9000)"
             )
         store = cls(_minio_client(endpoint), parsed.netloc, parsed.path, endpoint)
         store._ensure_bucket()
@@ -419,7 +420,7 @@ class S3Store(Store):
                 if e.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                     raise StoreError(
                         f"S3 endpoint {self.endpoint} refused the credentials for {what} ({e.code}): "
-                        "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                        f"check {vocab.ACCESS_KEY_ENV} and {vocab.SECRET_KEY_ENV}"
                     ) from None
                 if e.code not in TRANSIENT_CODES:
                     raise StoreError(f"S3 error on {what}: {e.code}: {e.message}") from None
@@ -429,7 +430,7 @@ class S3Store(Store):
             if time.monotonic() >= deadline:
                 raise StoreError(
                     f"cannot reach the S3 endpoint {self.endpoint} for {what} ({problem}, retried "
-                    f"{budget:.0f} s): check AWS_ENDPOINT_URL_S3 and that the server is running "
+                    f"{budget:.0f} s): check {vocab.S3_ENDPOINT_ENV} and that the server is running "
                     f"({RETRY_SECONDS_ENV} sets how long to retry)"
                 ) from None
             if attempt == 0:
@@ -624,11 +625,11 @@ def _minio_client(endpoint: str):
     from minio import Minio
 
     parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    access_key = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    access_key = os.environ.get(vocab.ACCESS_KEY_ENV)
+    secret_key = os.environ.get(vocab.SECRET_KEY_ENV)
     if not access_key or not secret_key:
         raise StoreError(
-            f"S3 endpoint {endpoint} is set but AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not"
+            f"S3 endpoint {endpoint} is set but {vocab.ACCESS_KEY_ENV} / {vocab.SECRET_KEY_ENV} are not"
         )
     # Bounded timeouts and retries so an unreachable endpoint fails in seconds, not minutes.
     http = urllib3.PoolManager(
@@ -640,9 +641,9 @@ def _minio_client(endpoint: str):
         parsed.netloc,
         access_key=access_key,
         secret_key=secret_key,
-        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        session_token=os.environ.get(vocab.SESSION_TOKEN_ENV),
         secure=parsed.scheme == "https",
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        region=next((os.environ[name] for name in vocab.REGION_ENVS if os.environ.get(name)), "us-east-1"),
         http_client=http,
     )
 
