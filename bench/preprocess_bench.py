@@ -9,12 +9,17 @@ The limits, measured in the same run on the same files:
 - preprocess: the same decode + resize + PNG encode (the step's own tf.function) of the
   same raw files in a `tf.data` parallel map over the local files, nothing else: no store,
   no shards (the fastest way to do that work found here; PIL in one process per core is slower);
+- preprocess through S3, a second bound beside the first: bare parallel GETs of the same
+  objects with the minio client alone (16 threads, as the step), nothing decoded. On a small
+  machine the loopback server shares the cores with the step, so neither bound alone is
+  reachable: `combined_limit_images_per_s` is the rate if each image paid both (1/(1/a+1/b));
 - ingest upload: bare parallel PUTs of the same bytes to the same S3 server (16 threads),
   with no scan and no decode check; the sequential PUT rate is shown beside it.
 
 Streaming keeps the peak flat: 8x the images should need at most 1.2x the peak memory.
 Writes bench-out/preprocess.json ({images_per_s, limit_images_per_s, ratio_to_limit,
-peak_rss_ratio_8x} for the local store, the same per store, and the ingest uploads).
+peak_rss_ratio_8x} for the local store, the same per store, for S3 also get_limit_images_per_s,
+ratio_to_get_limit and the combined bound, and the ingest uploads).
 
     .venv/bin/python bench/preprocess_bench.py [--sizes 400,3200] [--image-size 224] [--json FILE]
 """
@@ -35,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from medkfp import vocab
+from medkfp.parallel import UPLOAD_WORKERS
 
 BASE_IMAGES = 1000  # drawn by synth_covid; bigger sets are tweaked copies of these
 RUN = "bench"
@@ -122,6 +128,22 @@ def bare_uploads(folder: Path, store_uri: str, workers: int) -> dict:
             "workers": workers}
 
 
+def bare_gets(summary_path: Path, workers: int) -> dict:
+    """GET every ingested image with `workers` threads through the store, nothing else; images/s."""
+    from medkfp.parallel import bounded_map
+    from medkfp.store import open_store
+    from medkfp.tables import read_manifest
+
+    summary = json.loads(summary_path.read_text())
+    store = open_store(summary["store"])
+    rows = read_manifest(summary).itertuples()
+    keys = [vocab.raw_image_key(summary["run_id"], r.id, r.suffix) for r in rows]
+    start = time.perf_counter()
+    count = sum(1 for _ in bounded_map(store.get_bytes, keys, workers, window=64))
+    seconds = time.perf_counter() - start
+    return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "workers": workers}
+
+
 def run_child(mode: str, arg: str, image_size: int) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, mode, arg, "--image-size", str(image_size)],
@@ -187,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         report["stores"]["local"] = store_figures(local_runs, limits)
     if "s3" in stores:
         with loopback_s3():
-            s3_runs, s3_limits, uploads = {}, {}, {}
+            s3_runs, s3_limits, uploads, gets = {}, {}, {}, {}
             for n in sizes:
                 print(f"ingesting {n} images through the loopback S3 server ...", file=sys.stderr)
                 summary_path = work / f"summary-s3-{n}.json"
@@ -198,10 +220,21 @@ def main(argv: list[str] | None = None) -> int:
                 # changes from minute to minute on a shared machine.
                 raw_dir = work / f"store-{n}" / vocab.run_key(RUN, "raw", "")
                 s3_limits[n] = run_child("--limit-child", str(raw_dir), args.image_size)
+                gets[n] = bare_gets(summary_path, UPLOAD_WORKERS)
                 s3_runs[n] = run_child("--child", str(summary_path), args.image_size)
             largest = max(sizes)
             sequential = bare_uploads(work / f"set-{min(sizes)}", "s3://bench-sequential", 1)
-        report["stores"]["s3"] = store_figures(s3_runs, s3_limits)
+        report["stores"]["s3"] = figures = store_figures(s3_runs, s3_limits)
+        get_limit = gets[largest]["images_per_s"]
+        combined = 1 / (1 / figures["limit_images_per_s"] + 1 / get_limit)
+        figures.update({
+            "get_limit_images_per_s": get_limit,
+            "ratio_to_get_limit": figures["images_per_s"] / get_limit,
+            "combined_limit_images_per_s": combined,
+            "ratio_to_combined_limit": figures["images_per_s"] / combined,
+        })
+        for n in sizes:
+            figures["runs"][str(n)]["get_limit_images_per_s"] = gets[n]["images_per_s"]
         report["ingest_upload"] = {
             "images_per_s": uploads[largest]["ingest"]["images_per_s"],
             "limit_images_per_s": uploads[largest]["bare_parallel_put"]["images_per_s"],
@@ -238,6 +271,11 @@ def table(report: dict) -> str:
                      f" = {fig['ratio_to_limit']:.2f}x (target >= 0.8x); peak RSS "
                      f"x{fig['peak_rss_ratio_8x']:.2f} for x{fig['images_ratio']:.0f} the images "
                      "(target <= 1.2x)")
+        if "get_limit_images_per_s" in fig:
+            lines.append(f"{name:>6}: bare parallel GET {fig['get_limit_images_per_s']:.0f} images/s "
+                         f"= {fig['ratio_to_get_limit']:.2f}x; both bounds paid per image "
+                         f"{fig['combined_limit_images_per_s']:.0f} images/s "
+                         f"= {fig['ratio_to_combined_limit']:.2f}x")
     if "ingest_upload" in report:
         u = report["ingest_upload"]
         lines.append(f"ingest through S3: {u['images_per_s']:.0f} images/s vs bare parallel PUT "
