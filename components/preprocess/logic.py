@@ -137,8 +137,11 @@ class _ShardWriter:
             "shard_files": files,
         }
 
-    def _fetch(self, row) -> bytes:
-        return to_decodable(self.store.get_bytes(vocab.raw_image_key(self.run_id, row.id, row.suffix)))
+    def _fetch_png(self, row) -> bytes:
+        """One image read from the store and converted, in the calling thread (TensorFlow's ops
+        release the GIL, so the fetch threads decode in parallel too)."""
+        data = to_decodable(self.store.get_bytes(vocab.raw_image_key(self.run_id, row.id, row.suffix)))
+        return self.resize_png(tf.constant(data)).numpy()
 
     def records(self, rows: pd.DataFrame) -> Iterator[bytes]:
         """Serialized tf.train.Examples of `rows`, in order.
@@ -156,13 +159,10 @@ class _ShardWriter:
             ds = tf.data.Dataset.from_tensor_slices(files).map(
                 lambda path: self.resize_png(tf.io.read_file(path)), num_parallel_calls=tf.data.AUTOTUNE
             )
+            pngs = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
         else:
-            fetched = bounded_map(self._fetch, rows.itertuples(), self.workers, window=FETCH_WINDOW)
-            ds = tf.data.Dataset.from_generator(lambda: fetched,
-                                                output_signature=tf.TensorSpec([], tf.string))
-            ds = ds.map(self.resize_png, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.prefetch(tf.data.AUTOTUNE)
-        for row, png in zip(rows.itertuples(), ds.as_numpy_iterator()):
+            pngs = bounded_map(self._fetch_png, rows.itertuples(), self.workers, window=FETCH_WINDOW)
+        for row, png in zip(rows.itertuples(), pngs):
             yield make_example(png, self.label_index[row.label], row.id).SerializeToString()
 
     def _readable_in_graph(self, rows: pd.DataFrame) -> bool:
