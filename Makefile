@@ -65,8 +65,9 @@ SOAK_SECONDS ?= 120
 soak: setup ## Soak: 8 clients for 5 minutes against medkfp serve, zero errors and flat memory
 	$(PY) bench/soak_bench.py --seconds 300
 
-lint: setup ## Lint with ruff
+lint: setup ## Lint and check the formatting with ruff (ruff format . fixes the formatting)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean: ## Remove the virtualenv, caches and local stores
 	rm -rf $(VENV) .medkfp .pytest_cache .ruff_cache *.egg-info demo-out

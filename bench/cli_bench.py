@@ -34,8 +34,16 @@ def commands(scratch: Path) -> dict[str, list[str]]:
     store = str(scratch / "store")
     return {
         "--help": ["--help"],
-        "synth": ["synth", "covid19-radiography", "--out", str(scratch / "synth"), "--per-class", "2",
-                  "--size", "64"],
+        "synth": [
+            "synth",
+            "covid19-radiography",
+            "--out",
+            str(scratch / "synth"),
+            "--per-class",
+            "2",
+            "--size",
+            "64",
+        ],
         "plan (error)": ["plan", "--dataset", "covid19-radiography", "--source", str(scratch / "missing")],
         "plan": ["plan", "--dataset", "covid19-radiography", "--source", str(scratch / "synth"), "--json"],
         "run (error)": ["run", "--dataset", "covid19-radiography", "--source", str(scratch / "missing")],
@@ -71,12 +79,17 @@ def main() -> int:
             seconds = statistics.median(s for s, _ in runs)
             loaded = sorted({m for _, found in runs for m in found})
             ok = seconds < TARGET_SECONDS and not loaded
-            print(f"{name:<26}{seconds:>10.2f}{TARGET_SECONDS:>10.1f}  {', '.join(loaded) or 'none'}"
-                  f"{'' if ok else '  <-- over'}")
+            print(
+                f"{name:<26}{seconds:>10.2f}{TARGET_SECONDS:>10.1f}  {', '.join(loaded) or 'none'}"
+                f"{'' if ok else '  <-- over'}"
+            )
             results[name] = {"median_s": round(seconds, 3), "heavy_loaded": loaded, "within_target": ok}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"target_s": TARGET_SECONDS, "python_start_s": round(floor, 3),
-                                           "commands": results}, indent=2))
+    Path(args.json).write_text(
+        json.dumps(
+            {"target_s": TARGET_SECONDS, "python_start_s": round(floor, 3), "commands": results}, indent=2
+        )
+    )
     print(f"wrote {args.json}")
     return 0
 

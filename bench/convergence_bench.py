@@ -109,14 +109,18 @@ def run_case(name: str, source: Path, seed: int, work: Path) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'dataset':<9} {'seed':>4}  {'candidate':<23} {'macro-F1':>8}  {'95% CI':<13} "
-          f"{'epochs':>6} {'steps':>5} {'ECE':>5} {'s':>5}")
+    print(
+        f"\n{'dataset':<9} {'seed':>4}  {'candidate':<23} {'macro-F1':>8}  {'95% CI':<13} "
+        f"{'epochs':>6} {'steps':>5} {'ECE':>5} {'s':>5}"
+    )
     for r in rows:
         lo, hi = r["macro_f1_ci"]
         mark = "" if r["macro_f1"] >= TARGET else "  < target"
-        print(f"{r['dataset']:<9} {r['seed']:>4}  {r['candidate']:<23} {r['macro_f1']:>8.3f}  "
-              f"[{lo:.2f}, {hi:.2f}]  {r['epochs_run']:>6} {r['steps_per_epoch']:>5} "
-              f"{r['ece']:>5.3f} {r['seconds']:>5.0f}{mark}")
+        print(
+            f"{r['dataset']:<9} {r['seed']:>4}  {r['candidate']:<23} {r['macro_f1']:>8.3f}  "
+            f"[{lo:.2f}, {hi:.2f}]  {r['epochs_run']:>6} {r['steps_per_epoch']:>5} "
+            f"{r['ece']:>5.3f} {r['seconds']:>5.0f}{mark}"
+        )
 
 
 def main(argv=None) -> int:
@@ -141,18 +145,33 @@ def main(argv=None) -> int:
                     rows.append({"dataset": name, "seed": seed, "candidate": candidate, **r})
                 wall[f"{name}/{seed}"] = round(time.monotonic() - started, 1)
                 f1 = ", ".join(f"{c} {r['macro_f1']:.3f}" for c, r in scores.items())
-                print(f"{name} seed {seed}: quick grid trained and scored in {wall[f'{name}/{seed}']:.0f} s;"
-                      f" macro-F1 {f1}", flush=True)
+                print(
+                    f"{name} seed {seed}: quick grid trained and scored in {wall[f'{name}/{seed}']:.0f} s;"
+                    f" macro-F1 {f1}",
+                    flush=True,
+                )
     print_table(rows)
     worst = min(r["macro_f1"] for r in rows)
     passed = worst >= TARGET
-    print(f"\nlowest macro-F1 {worst:.3f} (target {TARGET}); slowest grid {max(wall.values()):.0f} s: "
-          f"{'PASS' if passed else 'FAIL'}")
+    print(
+        f"\nlowest macro-F1 {worst:.3f} (target {TARGET}); slowest grid {max(wall.values()):.0f} s: "
+        f"{'PASS' if passed else 'FAIL'}"
+    )
     OUT.mkdir(exist_ok=True)
-    (OUT / "convergence.json").write_text(json.dumps(
-        {"target": TARGET, "grid": [c.to_dict() for c in vocab.GRIDS["quick"]], "seeds": seeds,
-         "rows": rows, "grid_seconds": wall, "lowest_macro_f1": worst, "passed": passed},
-        indent=2))
+    (OUT / "convergence.json").write_text(
+        json.dumps(
+            {
+                "target": TARGET,
+                "grid": [c.to_dict() for c in vocab.GRIDS["quick"]],
+                "seeds": seeds,
+                "rows": rows,
+                "grid_seconds": wall,
+                "lowest_macro_f1": worst,
+                "passed": passed,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {OUT / 'convergence.json'}")
     return 0 if passed else 1
 

@@ -104,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             rounds["train"].append(rate(pipeline("none"), batches, 2))
             # warm-up = one whole pass, which fills the cache; then every image comes from it
             rounds["cached"].append(rate(pipeline("memory"), batches, per_pass + 1))
-            print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.0f} images/s" for k, v in rounds.items()),
-                  file=sys.stderr)
+            print(
+                f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.0f} images/s" for k, v in rounds.items()),
+                file=sys.stderr,
+            )
     train, bare, cached = (statistics.median(rounds[k]) for k in ("train", "bare", "cached"))
     report = {
         "images_per_s": train,
@@ -117,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         "images_per_s_per_core": train / cores,
         "bare_decode_images_per_s_per_core": bare / cores,
         "cached_images_per_s_per_core": cached / cores,
-        "cores_to_feed_3000_images_per_s": {"decoding": FEED_TARGET / (train / cores),
-                                            "cached": FEED_TARGET / (cached / cores)},
+        "cores_to_feed_3000_images_per_s": {
+            "decoding": FEED_TARGET / (train / cores),
+            "cached": FEED_TARGET / (cached / cores),
+        },
         "image_size": args.image_size,
         "batch_size": BATCH,
         "train_examples": examples,
@@ -134,18 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(r: dict) -> str:
     feed = r["cores_to_feed_3000_images_per_s"]
-    return "\n".join([
-        f"training input pipeline at {r['image_size']} px, batch {r['batch_size']}, no model "
-        f"({r['cores']} CPU cores; median of {len(r['rounds']['train'])} interleaved rounds)",
-        f"  train dataset (decoding):   {r['images_per_s']:>7.0f} images/s  vs bare parallel parse + decode "
-        f"{r['bare_decode_images_per_s']:.0f} images/s = {r['ratio']:.2f}x (target >= 0.9x)",
-        f"  train dataset (mem cache):  {r['cached_images_per_s']:>7.0f} images/s  = "
-        f"{r['cached_ratio_to_bare_decode']:.2f}x the bare decode",
-        f"  per core: decoding {r['images_per_s_per_core']:.0f}, bare decode "
-        f"{r['bare_decode_images_per_s_per_core']:.0f}, cached "
-        f"{r['cached_images_per_s_per_core']:.0f} images/s; cores to feed {FEED_TARGET} images/s: "
-        f"{feed['decoding']:.1f} decoding, {feed['cached']:.1f} cached",
-    ])
+    return "\n".join(
+        [
+            f"training input pipeline at {r['image_size']} px, batch {r['batch_size']}, no model "
+            f"({r['cores']} CPU cores; median of {len(r['rounds']['train'])} interleaved rounds)",
+            f"  train dataset (decoding):   {r['images_per_s']:>7.0f} images/s  vs bare parallel parse + "
+            f"decode {r['bare_decode_images_per_s']:.0f} images/s = {r['ratio']:.2f}x (target >= 0.9x)",
+            f"  train dataset (mem cache):  {r['cached_images_per_s']:>7.0f} images/s  = "
+            f"{r['cached_ratio_to_bare_decode']:.2f}x the bare decode",
+            f"  per core: decoding {r['images_per_s_per_core']:.0f}, bare decode "
+            f"{r['bare_decode_images_per_s_per_core']:.0f}, cached "
+            f"{r['cached_images_per_s_per_core']:.0f} images/s; cores to feed {FEED_TARGET} images/s: "
+            f"{feed['decoding']:.1f} decoding, {feed['cached']:.1f} cached",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -159,8 +159,10 @@ def alternate(callers: dict, images: list[bytes], requests: int) -> dict[str, di
                 errors[mode] += 1
                 continue
             latencies[mode].append(time.perf_counter() - started)
-    return {mode: {"latencies": latencies[mode], "seconds": sum(latencies[mode]), "errors": errors[mode]}
-            for mode in calls}
+    return {
+        mode: {"latencies": latencies[mode], "seconds": sum(latencies[mode]), "errors": errors[mode]}
+        for mode in calls
+    }
 
 
 def summarize(chunks: list[dict], clients: int) -> dict:
@@ -223,8 +225,23 @@ def publish_model(tmp: Path, kind: str, image_size: int):
 
 def launch_server(store: Path, port: int, log_path: Path, extra: list[str] = ()) -> subprocess.Popen:
     """Start `medkfp serve --engine builtin` on 127.0.0.1:port (not waiting; see wait_served)."""
-    command = [sys.executable, "-m", "medkfp.cli", "serve", "--engine", "builtin", "--store", str(store),
-               "--host", "127.0.0.1", "--port", str(port), "--poll", "60", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "medkfp.cli",
+        "serve",
+        "--engine",
+        "builtin",
+        "--store",
+        str(store),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--poll",
+        "60",
+        *extra,
+    ]
     return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -268,14 +285,17 @@ def benchmark(args) -> dict:
         ports = {"grpc": free_port(), "grpc-batching": free_port()}
         servers = {
             "grpc": launch_server(store, ports["grpc"], tmp / "serve.log"),
-            "grpc-batching": launch_server(store, ports["grpc-batching"], tmp / "serve-batching.log",
-                                           batching),
+            "grpc-batching": launch_server(
+                store, ports["grpc-batching"], tmp / "serve-batching.log", batching
+            ),
         }
         try:
             for mode, server in servers.items():
                 wait_served(server, ports[mode], tmp / "serve.log")
-            callers = {"in-process": local_caller(signature),
-                       **{mode: grpc_caller(f"127.0.0.1:{port}") for mode, port in ports.items()}}
+            callers = {
+                "in-process": local_caller(signature),
+                **{mode: grpc_caller(f"127.0.0.1:{port}") for mode, port in ports.items()},
+            }
             runs = [(mode, clients) for clients in (1, args.clients) for mode in callers]
             for caller in callers.values():
                 run_clients(caller, images, args.clients, WARMUP * args.clients)
@@ -288,13 +308,17 @@ def benchmark(args) -> dict:
                 for mode, clients in runs:
                     if clients > 1:
                         chunks[(mode, clients)].append(
-                            run_clients(callers[mode], images, clients, args.requests // args.rounds))
+                            run_clients(callers[mode], images, clients, args.requests // args.rounds)
+                        )
         finally:
             for server in servers.values():
                 stop_server(server)
     return {
-        "model": args.model, "image_size": args.image_size, "image_px": args.image_px,
-        "rounds": args.rounds, "batching_parameters": "k8s/base/serving-batching-configmap.yaml",
+        "model": args.model,
+        "image_size": args.image_size,
+        "image_px": args.image_px,
+        "rounds": args.rounds,
+        "batching_parameters": "k8s/base/serving-batching-configmap.yaml",
         "batch_timeout_micros": timeout_us,
         "runs": [{"mode": mode, **summarize(chunks[(mode, clients)], clients)} for mode, clients in runs],
     }
@@ -308,10 +332,20 @@ def figures(results: dict, clients: int) -> dict:
     rows = [
         ("grpc_vs_in_process", "p50_1_client", served["p50_ms"] / local["p50_ms"], "<=", P50_LIMIT),
         ("grpc_vs_in_process", "p99_1_client", served["p99_ms"] / local["p99_ms"], "", None),
-        ("grpc_vs_in_process", "throughput_1_client",
-         served["throughput_rps"] / local["throughput_rps"], ">=", round(1 / P50_LIMIT, 2)),
-        ("batching", f"throughput_{clients}_clients_vs_in_process",
-         batched["throughput_rps"] / local["throughput_rps"], ">=", BATCHED_THROUGHPUT_LIMIT),
+        (
+            "grpc_vs_in_process",
+            "throughput_1_client",
+            served["throughput_rps"] / local["throughput_rps"],
+            ">=",
+            round(1 / P50_LIMIT, 2),
+        ),
+        (
+            "batching",
+            f"throughput_{clients}_clients_vs_in_process",
+            batched["throughput_rps"] / local["throughput_rps"],
+            ">=",
+            BATCHED_THROUGHPUT_LIMIT,
+        ),
         ("batching", f"p99_ms_{clients}_clients", batched["p99_ms"], "<=", round(unbatched["p99_ms"], 1)),
     ]
     out: dict = {"limits": {}, "pass": {}}
@@ -322,19 +356,25 @@ def figures(results: dict, clients: int) -> dict:
             out["pass"][f"{group}.{key}"] = value <= limit if op == "<=" else value >= limit
     out["batching"][f"throughput_{clients}_clients_rps"] = round(batched["throughput_rps"], 1)
     out["batching"][f"unbatched_throughput_{clients}_clients_vs_in_process"] = round(
-        unbatched["throughput_rps"] / local["throughput_rps"], 3)
+        unbatched["throughput_rps"] / local["throughput_rps"], 3
+    )
     out["batching"]["errors"] = sum(r["errors"] for r in results["runs"])
     return out
 
 
 def print_results(results: dict) -> None:
-    print(f"model {results['model']} at {results['image_size']} px, one {results['image_px']} px "
-          f"grayscale PNG per request, {results['rounds']} interleaved rounds")
-    print(f"{'mode':<14} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'req/s':>8}")
+    print(
+        f"model {results['model']} at {results['image_size']} px, one {results['image_px']} px "
+        f"grayscale PNG per request, {results['rounds']} interleaved rounds"
+    )
+    print(
+        f"{'mode':<14} {'clients':>7} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}"
+    )
     for r in results["runs"]:
-        print(f"{r['mode']:<14} {r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} "
-              f"{r['p99_ms']:>8.2f} {r['throughput_rps']:>8.1f}")
+        print(
+            f"{r['mode']:<14} {r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} "
+            f"{r['p99_ms']:>8.2f} {r['throughput_rps']:>8.1f}"
+        )
     print(f"{'figure (ratios: gRPC / in-process, one caller)':<58} {'value':>8}  limit")
     for group in ("grpc_vs_in_process", "batching"):
         for key, value in results[group].items():
@@ -352,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=240, help="requests per mode and client count")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds to split the requests in")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the second run")
-    parser.add_argument("--batch-timeout-micros", type=int,
-                        help="override the ConfigMap's batch_timeout_micros for the batching server")
+    parser.add_argument(
+        "--batch-timeout-micros",
+        type=int,
+        help="override the ConfigMap's batch_timeout_micros for the batching server",
+    )
     parser.add_argument("--json", default="bench-out/predict.json", help="write the figures to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 5000 or not 2 <= args.clients <= 32 or not 1 <= args.rounds <= args.requests:

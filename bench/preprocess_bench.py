@@ -124,8 +124,12 @@ def bare_uploads(folder: Path, store_uri: str, workers: int) -> dict:
     start = time.perf_counter()
     upload_all(store.put_bytes, blobs, workers=workers)
     seconds = time.perf_counter() - start
-    return {"images": len(blobs), "seconds": seconds, "images_per_s": len(blobs) / seconds,
-            "workers": workers}
+    return {
+        "images": len(blobs),
+        "seconds": seconds,
+        "images_per_s": len(blobs) / seconds,
+        "workers": workers,
+    }
 
 
 def bare_gets(summary_path: Path, workers: int) -> dict:
@@ -147,7 +151,10 @@ def bare_gets(summary_path: Path, workers: int) -> dict:
 def run_child(mode: str, arg: str, image_size: int) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, mode, arg, "--image-size", str(image_size)],
-        check=True, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -227,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         report["stores"]["s3"] = figures = store_figures(s3_runs, s3_limits)
         get_limit = gets[largest]["images_per_s"]
         combined = 1 / (1 / figures["limit_images_per_s"] + 1 / get_limit)
-        figures.update({
-            "get_limit_images_per_s": get_limit,
-            "ratio_to_get_limit": figures["images_per_s"] / get_limit,
-            "combined_limit_images_per_s": combined,
-            "ratio_to_combined_limit": figures["images_per_s"] / combined,
-        })
+        figures.update(
+            {
+                "get_limit_images_per_s": get_limit,
+                "ratio_to_get_limit": figures["images_per_s"] / get_limit,
+                "combined_limit_images_per_s": combined,
+                "ratio_to_combined_limit": figures["images_per_s"] / combined,
+            }
+        )
         for n in sizes:
             figures["runs"][str(n)]["get_limit_images_per_s"] = gets[n]["images_per_s"]
         report["ingest_upload"] = {
@@ -257,30 +266,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(report: dict) -> str:
-    lines = [f"preprocess: 299 px PNGs -> {report['image_size']} px shards ({report['cores']} CPU cores); "
-             "limit = the same decode + resize + PNG encode in a tf.data parallel map"]
-    lines.append(f"{'store':>6} {'images':>7} {'shards':>6} {'seconds':>8} {'images/s':>9} {'limit/s':>8} "
-                 f"{'ratio':>6} {'peak RSS MiB':>13}")
+    lines = [
+        f"preprocess: 299 px PNGs -> {report['image_size']} px shards ({report['cores']} CPU cores); "
+        "limit = the same decode + resize + PNG encode in a tf.data parallel map"
+    ]
+    lines.append(
+        f"{'store':>6} {'images':>7} {'shards':>6} {'seconds':>8} {'images/s':>9} {'limit/s':>8} "
+        f"{'ratio':>6} {'peak RSS MiB':>13}"
+    )
     for name, figures in report["stores"].items():
         for n, r in figures["runs"].items():
             ratio = r["images_per_s"] / r["limit_images_per_s"]
-            lines.append(f"{name:>6} {n:>7} {r['shards']:>6} {r['seconds']:>8.1f} {r['images_per_s']:>9.0f} "
-                         f"{r['limit_images_per_s']:>8.0f} {ratio:>6.2f} {r['peak_rss_mib']:>13.0f}")
+            lines.append(
+                f"{name:>6} {n:>7} {r['shards']:>6} {r['seconds']:>8.1f} {r['images_per_s']:>9.0f} "
+                f"{r['limit_images_per_s']:>8.0f} {ratio:>6.2f} {r['peak_rss_mib']:>13.0f}"
+            )
         fig = figures
-        lines.append(f"{name:>6}: {fig['images_per_s']:.0f} images/s vs limit {fig['limit_images_per_s']:.0f}"
-                     f" = {fig['ratio_to_limit']:.2f}x (target >= 0.8x); peak RSS "
-                     f"x{fig['peak_rss_ratio_8x']:.2f} for x{fig['images_ratio']:.0f} the images "
-                     "(target <= 1.2x)")
+        lines.append(
+            f"{name:>6}: {fig['images_per_s']:.0f} images/s vs limit {fig['limit_images_per_s']:.0f}"
+            f" = {fig['ratio_to_limit']:.2f}x (target >= 0.8x); peak RSS "
+            f"x{fig['peak_rss_ratio_8x']:.2f} for x{fig['images_ratio']:.0f} the images "
+            "(target <= 1.2x)"
+        )
         if "get_limit_images_per_s" in fig:
-            lines.append(f"{name:>6}: bare parallel GET {fig['get_limit_images_per_s']:.0f} images/s "
-                         f"= {fig['ratio_to_get_limit']:.2f}x; both bounds paid per image "
-                         f"{fig['combined_limit_images_per_s']:.0f} images/s "
-                         f"= {fig['ratio_to_combined_limit']:.2f}x")
+            lines.append(
+                f"{name:>6}: bare parallel GET {fig['get_limit_images_per_s']:.0f} images/s "
+                f"= {fig['ratio_to_get_limit']:.2f}x; both bounds paid per image "
+                f"{fig['combined_limit_images_per_s']:.0f} images/s "
+                f"= {fig['ratio_to_combined_limit']:.2f}x"
+            )
     if "ingest_upload" in report:
         u = report["ingest_upload"]
-        lines.append(f"ingest through S3: {u['images_per_s']:.0f} images/s vs bare parallel PUT "
-                     f"{u['limit_images_per_s']:.0f} images/s = {u['ratio_to_limit']:.2f}x "
-                     f"(sequential PUT: {u['sequential_put_images_per_s']:.0f} images/s)")
+        lines.append(
+            f"ingest through S3: {u['images_per_s']:.0f} images/s vs bare parallel PUT "
+            f"{u['limit_images_per_s']:.0f} images/s = {u['ratio_to_limit']:.2f}x "
+            f"(sequential PUT: {u['sequential_put_images_per_s']:.0f} images/s)"
+        )
     return "\n".join(lines)
 
 

@@ -127,8 +127,11 @@ def memory_figures(samples: list[tuple[float, int]], warmup: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="how long the clients send")
-    parser.add_argument("--warmup", type=float, help="seconds before memory must be flat "
-                        "(default: a fifth of --seconds, at most 60)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds before memory must be flat (default: a fifth of --seconds, at most 60)",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--model", choices=["mobilenetv2", "small"], default="mobilenetv2")
     parser.add_argument("--image-size", type=int, default=96, help="the model's input size")
@@ -143,22 +146,39 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medkfp-soak-") as tmp:
         tmp = Path(tmp)
         _, store = publish_model(tmp, args.model, args.image_size)
-        extra = [] if args.no_batching else [
-            "--enable-batching", "--batching-parameters-file", str(batching_file(tmp / "batching.config"))]
+        extra = (
+            []
+            if args.no_batching
+            else [
+                "--enable-batching",
+                "--batching-parameters-file",
+                str(batching_file(tmp / "batching.config")),
+            ]
+        )
         port, log_path = free_port(), tmp / "serve.log"
         server = launch_server(store, port, log_path, extra)
         try:
             wait_served(server, port, log_path)
             images = make_images(32, args.image_px)
             mode = "no batching" if args.no_batching else "batching"
-            print(f"soak: {args.clients} clients for {args.seconds:.0f} s against medkfp serve ({mode}), "
-                  f"warm-up {warmup:.0f} s", flush=True)
+            print(
+                f"soak: {args.clients} clients for {args.seconds:.0f} s against medkfp serve ({mode}), "
+                f"warm-up {warmup:.0f} s",
+                flush=True,
+            )
             result = soak(f"127.0.0.1:{port}", server.pid, images, args.clients, args.seconds, warmup)
         finally:
             stop_server(server)
     result.update(memory_figures(result["rss_samples"], warmup))
-    result.update({"seconds": args.seconds, "clients": args.clients, "batching": not args.no_batching,
-                   "model": args.model, "limits": {"errors": "== 0", "rss_growth": f"< {GROWTH_LIMIT}"}})
+    result.update(
+        {
+            "seconds": args.seconds,
+            "clients": args.clients,
+            "batching": not args.no_batching,
+            "model": args.model,
+            "limits": {"errors": "== 0", "rss_growth": f"< {GROWTH_LIMIT}"},
+        }
+    )
     result["pass"] = result["errors"] == 0 and result["rss_growth"] < GROWTH_LIMIT
 
     print(f"{'figure':<28} {'value':>10}  limit")
@@ -168,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'p50 ms':<28} {result['p50_ms']:>10.1f}  reported")
     print(f"{'p99 ms':<28} {result['p99_ms']:>10.1f}  reported")
     print(f"{'RSS MB after warm-up':<28} {result['rss_mb_after_warmup']:>10}  reported")
-    print(f"{'RSS MB at the end':<28} {result['rss_mb_end']:>10}  reported "
-          f"(peak {result['rss_mb_peak_after_warmup']})")
+    print(
+        f"{'RSS MB at the end':<28} {result['rss_mb_end']:>10}  reported "
+        f"(peak {result['rss_mb_peak_after_warmup']})"
+    )
     print(f"{'RSS growth after warm-up':<28} {result['rss_growth']:>10.2%}  < {GROWTH_LIMIT:.0%}")
     print("soak:", "ok" if result["pass"] else "MISSED")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,9 @@ def cmd_synth(args) -> None:
 
     counts = [int(n) for n in args.counts.split(",")] if args.counts else None
     writers = {
-        vocab.COVID: synth.synth_covid, vocab.MIAS: synth.synth_mias, vocab.DICOM: synth_dicom.synth_dicom,
+        vocab.COVID: synth.synth_covid,
+        vocab.MIAS: synth.synth_mias,
+        vocab.DICOM: synth_dicom.synth_dicom,
     }
     make = writers[args.dataset]
     kwargs = {"per_class": args.per_class, "counts": counts, "seed": args.seed}
@@ -82,10 +84,14 @@ def print_summary(summary: dict) -> None:
         return f"{m[key]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
     counts = summary["counts"]
-    table = Table(title=f"{summary['dataset']}: candidates on the test split", box=box.SIMPLE_HEAD,
-                  pad_edge=False, collapse_padding=True,
-                  caption=f"* selected by {summary['selection_metric']}; [95% CI], bootstrap; "
-                          "ECE of the served probabilities")
+    table = Table(
+        title=f"{summary['dataset']}: candidates on the test split",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption=f"* selected by {summary['selection_metric']}; [95% CI], bootstrap; "
+        "ECE of the served probabilities",
+    )
     for column in ("candidate", "acc.", "bal. acc. [95% CI]", "macro-F1 [95% CI]", "ECE"):
         table.add_column(column, no_wrap=True)
     for c in summary["candidates"]:
@@ -109,8 +115,9 @@ def print_summary(summary: dict) -> None:
     console.print(table)
     pushed = summary["pushed"]
     if pushed:
-        console.print(f"pushed {pushed['model_name']} v{pushed['version']} ({pushed['uri']}): "
-                      f"{summary['push_reason']}")
+        console.print(
+            f"pushed {pushed['model_name']} v{pushed['version']} ({pushed['uri']}): {summary['push_reason']}"
+        )
     else:
         console.print(f"nothing pushed: {summary['push_reason']}")
 
@@ -137,7 +144,8 @@ def cmd_compile(args) -> None:
         gpus=args.gpus,
         node_selector=configs.parse_node_selector(args.gpu_node_selector or []),
         tolerations=tuple(configs.parse_toleration(t) for t in args.gpu_toleration)
-        if args.gpu_toleration else configs.GpuNode().tolerations,
+        if args.gpu_toleration
+        else configs.GpuNode().tolerations,
     )
     print(compile_pipeline(args.out, gpu_node, image=args.image, gpu_image=args.gpu_image))
 
@@ -151,15 +159,21 @@ def cmd_evaluate(args) -> None:
         return
     m = result["metrics"]
     counts = result["counts"]
-    print(f"{result['model']} on {result['source']} ({result['dataset']}): "
-          f"{counts['accepted']} images scored, {counts['rejected']} rejected")
+    print(
+        f"{result['model']} on {result['source']} ({result['dataset']}): "
+        f"{counts['accepted']} images scored, {counts['rejected']} rejected"
+    )
     roc = m["macro_roc_auc"]
-    print(f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
-          f"macro-F1 {m['macro_f1']:.4f}  weighted F1 {m['weighted_f1']:.4f}  "
-          f"macro ROC-AUC {'n/a' if roc is None else f'{roc:.4f}'}")
+    print(
+        f"accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
+        f"macro-F1 {m['macro_f1']:.4f}  weighted F1 {m['weighted_f1']:.4f}  "
+        f"macro ROC-AUC {'n/a' if roc is None else f'{roc:.4f}'}"
+    )
     for name, c in m["per_class"].items():
-        print(f"  {name:<20} precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
-              f"specificity {c['specificity']:.3f}  F1 {c['f1']:.3f}  support {c['support']}")
+        print(
+            f"  {name:<20} precision {c['precision']:.3f}  recall {c['recall']:.3f}  "
+            f"specificity {c['specificity']:.3f}  F1 {c['f1']:.3f}  support {c['support']}"
+        )
     if args.report:
         print(f"report: {args.report}")
 
@@ -171,8 +185,10 @@ def cmd_serve(args) -> None:
     batching = _batching_parameters(args)
     if choose_engine(args.engine) == TF_SERVING:
         if batching is not None:
-            raise UsageError("--enable-batching is for the built-in server (--engine builtin); TF Serving "
-                             "takes --enable_batching and --batching_parameters_file itself")
+            raise UsageError(
+                "--enable-batching is for the built-in server (--engine builtin); TF Serving "
+                "takes --enable_batching and --batching_parameters_file itself"
+            )
         model_dir = args.model_dir or vocab.DEFAULT_SERVING_DIR
         serve_with_tfserving(args.store, model_dir, port=args.port, poll_interval=args.poll)
         return
@@ -183,11 +199,17 @@ def cmd_serve(args) -> None:
         if args.store:
             raise UsageError("the built-in server serves --store or a --model-dir mirror, not both")
         source = MirrorStore(args.model_dir)
-    serve(source, ServerOptions(
-        port=args.port, host=args.host, poll_interval=args.poll,
-        limits=RequestLimits(args.max_image_pixels, args.max_batch),
-        max_message_bytes=args.max_request_mb * 1024 * 1024, batching=batching,
-    ))
+    serve(
+        source,
+        ServerOptions(
+            port=args.port,
+            host=args.host,
+            poll_interval=args.poll,
+            limits=RequestLimits(args.max_image_pixels, args.max_batch),
+            max_message_bytes=args.max_request_mb * 1024 * 1024,
+            batching=batching,
+        ),
+    )
 
 
 BATCHING_FLAGS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
@@ -230,8 +252,12 @@ def cmd_serving_sync(args) -> None:
         start_health_server(health, args.health_port)
         after_pass = health.record_pass
     with stop_on_signals(stop):
-        sync.run(args.interval, stop, on_pass=lambda r: print(json.dumps(r.to_dict()), flush=True),
-                 after_pass=after_pass)
+        sync.run(
+            args.interval,
+            stop,
+            on_pass=lambda r: print(json.dumps(r.to_dict()), flush=True),
+            after_pass=after_pass,
+        )
 
 
 def cmd_predict(args) -> None:
@@ -245,8 +271,14 @@ def cmd_predict(args) -> None:
         except OSError as e:
             raise UsageError(f"cannot read image {path}: {e.strerror}") from None
     result = predict(
-        args.server, args.model, images, version=args.version, label=args.label,
-        timeout=args.timeout, retries=args.retries, backoff=args.backoff,
+        args.server,
+        args.model,
+        images,
+        version=args.version,
+        label=args.label,
+        timeout=args.timeout,
+        retries=args.retries,
+        backoff=args.backoff,
     )
     if args.rest_json:
         print(json.dumps(rest_response(result), indent=2))
@@ -285,8 +317,10 @@ def cmd_models_list(args) -> None:
     for r in rows:
         mark = "*" if r["stable"] else "+" if r["loaded"] else " "
         candidate = r["candidate"] or "(external)"
-        print(f"{mark} v{r['version']}  {candidate:<28} macro-F1 {score(r['macro_f1'])}  "
-              f"accuracy {score(r['accuracy'])}  {r['created']}  run {r['run_id']}")
+        print(
+            f"{mark} v{r['version']}  {candidate:<28} macro-F1 {score(r['macro_f1'])}  "
+            f"accuracy {score(r['accuracy'])}  {r['created']}  run {r['run_id']}"
+        )
 
 
 def cmd_models_publish(args) -> None:
@@ -304,11 +338,17 @@ def cmd_models_publish(args) -> None:
     metadata.setdefault("source_model_uri", str(Path(args.saved_model).absolute()))
     repository = ModelRepository(open_store(args.store))
     version = repository.publish(args.model, args.saved_model, metadata, keep=args.keep)
-    print(json.dumps({
-        "model": args.model, "version": version, "stable": version,
-        "loaded": repository.served_versions(args.model),
-        "uri": repository.store.uri_for(vocab.model_version_key(args.model, version)),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "version": version,
+                "stable": version,
+                "loaded": repository.served_versions(args.model),
+                "uri": repository.store.uri_for(vocab.model_version_key(args.model, version)),
+            }
+        )
+    )
 
 
 def cmd_models_rollback(args) -> None:
@@ -318,16 +358,30 @@ def cmd_models_rollback(args) -> None:
     repository = ModelRepository(open_store(args.store))
     before = repository.stable_version(args.model)
     stable = repository.rollback(args.model, args.version)
-    print(json.dumps({
-        "model": args.model, "previous_stable": before, "stable": stable,
-        "loaded": repository.served_versions(args.model),
-    }))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "previous_stable": before,
+                "stable": stable,
+                "loaded": repository.served_versions(args.model),
+            }
+        )
+    )
 
 
 SOURCE_HELP = "the raw images: a folder, a .zip/.tar(.gz) download, or s3://bucket/prefix"
 # The run parameters `plan` reads: what decides the files, the labels and the splits.
-PLAN_PARAMETERS = ("dataset", "source", "label", "labels", "test_fraction", "val_fraction", "seed",
-                   "max_rejected_fraction")
+PLAN_PARAMETERS = (
+    "dataset",
+    "source",
+    "label",
+    "labels",
+    "test_fraction",
+    "val_fraction",
+    "seed",
+    "max_rejected_fraction",
+)
 
 
 def add_run_parameters(s: argparse.ArgumentParser, only: tuple[str, ...] = ()) -> None:
@@ -348,9 +402,16 @@ def add_run_parameters(s: argparse.ArgumentParser, only: tuple[str, ...] = ()) -
             s.add_argument(flag, dest=f.name, action="append", metavar="CLASS=X", help=text)
         else:
             required = f.default is dataclasses.MISSING
-            s.add_argument(flag, dest=f.name, type=kind, required=required, metavar=metavar(flag, meta),
-                           default=None if required else f.default, choices=meta["choices"] or None,
-                           help=text)
+            s.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                required=required,
+                metavar=metavar(flag, meta),
+                default=None if required else f.default,
+                choices=meta["choices"] or None,
+                help=text,
+            )
 
 
 def metavar(flag: str, meta) -> str | None:
@@ -369,13 +430,24 @@ def run_config(args: argparse.Namespace, store: str) -> configs.RunConfig:
 def add_compile_options(s: argparse.ArgumentParser) -> None:
     """The images and GPU placement a compiled pipeline carries: `compile`, `submit`, `schedule create`."""
     s.add_argument("--image", help=f"image of every step (default {vocab.COMPONENT_IMAGE})")
-    s.add_argument("--gpu-image", help="image of the train step (default: --image with a -gpu tag suffix, "
-                   f"else {vocab.GPU_COMPONENT_IMAGE})")
+    s.add_argument(
+        "--gpu-image",
+        help="image of the train step (default: --image with a -gpu tag suffix, "
+        f"else {vocab.GPU_COMPONENT_IMAGE})",
+    )
     s.add_argument("--gpus", type=int, default=configs.GPU_COUNT, help="GPUs per train task")
-    s.add_argument("--gpu-node-selector", action="append", metavar="KEY=VALUE",
-                   help="node label the train task needs (repeatable)")
-    s.add_argument("--gpu-toleration", action="append", metavar="KEY[=VALUE][:EFFECT]",
-                   help="taint the train task tolerates (repeatable; default nvidia.com/gpu:NoSchedule)")
+    s.add_argument(
+        "--gpu-node-selector",
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label the train task needs (repeatable)",
+    )
+    s.add_argument(
+        "--gpu-toleration",
+        action="append",
+        metavar="KEY[=VALUE][:EFFECT]",
+        help="taint the train task tolerates (repeatable; default nvidia.com/gpu:NoSchedule)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,8 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a deterministic synthetic dataset in the real layout")
     s.add_argument("dataset", choices=[vocab.COVID, vocab.MIAS, vocab.DICOM])
-    s.add_argument("--layout", choices=["imagefolder", "flat"], default="imagefolder",
-                   help="dicom: class folders, or a flat export with labels.csv")
+    s.add_argument(
+        "--layout",
+        choices=["imagefolder", "flat"],
+        default="imagefolder",
+        help="dicom: class folders, or a flat export with labels.csv",
+    )
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--per-class", type=int)
     s.add_argument("--counts", help="comma-separated count per class, in the dataset's order")
@@ -404,9 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="store URI (default: $MEDKFP_STORE, s3://medkfp or .medkfp/store)")
     s.add_argument("--summary", help="write the run summary JSON here")
     s.add_argument("--pipeline-root", help="where kfp.local keeps task outputs and run.log")
-    s.add_argument("--runner", choices=configs.RUNNERS, default=configs.SUBPROCESS_RUNNER,
-                   help="subprocess: steps run in this Python; docker: each step in its own container "
-                   "of --image through the Docker API (Docker, or Podman's socket via DOCKER_HOST)")
+    s.add_argument(
+        "--runner",
+        choices=configs.RUNNERS,
+        default=configs.SUBPROCESS_RUNNER,
+        help="subprocess: steps run in this Python; docker: each step in its own container "
+        "of --image through the Docker API (Docker, or Podman's socket via DOCKER_HOST)",
+    )
     s.add_argument("--image", help=f"the steps' image with --runner docker (default {vocab.COMPONENT_IMAGE})")
     s.set_defaults(func=cmd_run)  # loads TensorFlow itself, once the cheap checks pass
 
@@ -416,11 +496,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compile)
 
     s = sub.add_parser("evaluate", help="score an existing model on another dataset (external validation)")
-    s.add_argument("--model", required=True,
-                   help="a model version in the store (s3://medkfp/models/NAME/N) or a SavedModel folder")
+    s.add_argument(
+        "--model",
+        required=True,
+        help="a model version in the store (s3://medkfp/models/NAME/N) or a SavedModel folder",
+    )
     s.add_argument("--source", required=True, help=SOURCE_HELP)
-    s.add_argument("--dataset", choices=vocab.DATASETS,
-                   help="layout of the source (default: the model's dataset, else imagefolder)")
+    s.add_argument(
+        "--dataset",
+        choices=vocab.DATASETS,
+        help="layout of the source (default: the model's dataset, else imagefolder)",
+    )
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--report", help="write the HTML report (per-class table, confusion matrix) here")
     s.set_defaults(func=cmd_evaluate, needs_tensorflow=True)
@@ -429,27 +515,55 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store")
     s.add_argument("--port", type=int, default=vocab.DEFAULT_GRPC_PORT)
     s.add_argument("--host", default=vocab.DEFAULT_SERVE_HOST, help="address the built-in server binds")
-    s.add_argument("--engine", choices=vocab.SERVING_ENGINES, default="auto",
-                   help="auto: tensorflow_model_server when it is on PATH, else the built-in server")
-    s.add_argument("--model-dir", help="TF Serving: the local mirror serving-sync keeps (default "
-                   f"{vocab.DEFAULT_SERVING_DIR}); built-in: serve this mirror instead of --store")
-    s.add_argument("--poll", type=float, default=vocab.DEFAULT_POLL_SECONDS,
-                   help="seconds between models.config checks")
-    s.add_argument("--max-image-pixels", type=int, default=vocab.MAX_IMAGE_PIXELS,
-                   help="built-in: largest image (width x height) accepted, read from its header")
-    s.add_argument("--max-batch", type=int, default=vocab.DEFAULT_MAX_BATCH,
-                   help="built-in: most images per request")
-    s.add_argument("--max-request-mb", type=int, default=vocab.MAX_MESSAGE_BYTES // 2**20,
-                   help="built-in: largest request message")
-    s.add_argument("--enable-batching", action="store_true",
-                   help="built-in: run concurrent requests for one model version and signature as one batch")
-    s.add_argument("--batching-parameters-file",
-                   help="built-in: TF Serving's BatchingParameters text file (the flags below override it)")
+    s.add_argument(
+        "--engine",
+        choices=vocab.SERVING_ENGINES,
+        default="auto",
+        help="auto: tensorflow_model_server when it is on PATH, else the built-in server",
+    )
+    s.add_argument(
+        "--model-dir",
+        help="TF Serving: the local mirror serving-sync keeps (default "
+        f"{vocab.DEFAULT_SERVING_DIR}); built-in: serve this mirror instead of --store",
+    )
+    s.add_argument(
+        "--poll", type=float, default=vocab.DEFAULT_POLL_SECONDS, help="seconds between models.config checks"
+    )
+    s.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=vocab.MAX_IMAGE_PIXELS,
+        help="built-in: largest image (width x height) accepted, read from its header",
+    )
+    s.add_argument(
+        "--max-batch", type=int, default=vocab.DEFAULT_MAX_BATCH, help="built-in: most images per request"
+    )
+    s.add_argument(
+        "--max-request-mb",
+        type=int,
+        default=vocab.MAX_MESSAGE_BYTES // 2**20,
+        help="built-in: largest request message",
+    )
+    s.add_argument(
+        "--enable-batching",
+        action="store_true",
+        help="built-in: run concurrent requests for one model version and signature as one batch",
+    )
+    s.add_argument(
+        "--batching-parameters-file",
+        help="built-in: TF Serving's BatchingParameters text file (the flags below override it)",
+    )
     s.add_argument("--max-batch-size", type=int, help="batching: most images per batch (default 32)")
-    s.add_argument("--batch-timeout-micros", type=int,
-                   help="batching: longest wait for a batch to fill, in microseconds (default 5000)")
-    s.add_argument("--max-enqueued-batches", type=int,
-                   help="batching: batches that may wait; beyond, requests get UNAVAILABLE (default 100)")
+    s.add_argument(
+        "--batch-timeout-micros",
+        type=int,
+        help="batching: longest wait for a batch to fill, in microseconds (default 5000)",
+    )
+    s.add_argument(
+        "--max-enqueued-batches",
+        type=int,
+        help="batching: batches that may wait; beyond, requests get UNAVAILABLE (default 100)",
+    )
     s.add_argument("--num-batch-threads", type=int, help="batching: batches run at once (default 2)")
     s.set_defaults(func=cmd_serve, needs_tensorflow=True)
 
@@ -458,10 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", required=True, help="the local folder TF Serving reads")
     s.add_argument("--interval", type=float, default=10.0, help="seconds between passes; 0: one pass")
     s.add_argument("--once", action="store_true", help="one pass, then exit")
-    s.add_argument("--server", help="HOST:PORT of the server reading the folder; labels then move "
-                   "only once it reports their new version AVAILABLE")
-    s.add_argument("--health-port", type=int, help="serve /livez and /readyz (every model in models.config "
-                   "AVAILABLE on --server) on this port, for the pod's probes")
+    s.add_argument(
+        "--server",
+        help="HOST:PORT of the server reading the folder; labels then move "
+        "only once it reports their new version AVAILABLE",
+    )
+    s.add_argument(
+        "--health-port",
+        type=int,
+        help="serve /livez and /readyz (every model in models.config "
+        "AVAILABLE on --server) on this port, for the pod's probes",
+    )
     s.set_defaults(func=cmd_serving_sync)
 
     s = sub.add_parser("predict", help="send images to a model server over gRPC")
@@ -475,8 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backoff", type=float, default=0.5, help="first retry delay in s, doubling")
     output = s.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true")
-    output.add_argument("--rest-json", action="store_true",
-                        help="print it shaped like TF Serving's REST predict response")
+    output.add_argument(
+        "--rest-json", action="store_true", help="print it shaped like TF Serving's REST predict response"
+    )
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.set_defaults(func=cmd_predict, needs_tensorflow=True)
 
@@ -493,8 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--store")
     m.add_argument("--metadata", help="JSON file of metadata to store with it (class_names, metrics, ...)")
     m.add_argument("--class-names", help="comma-separated class names, in the model's output order")
-    m.add_argument("--keep", type=int, default=vocab.DEFAULT_KEEP_VERSIONS,
-                   help="versions to keep in the repository (the served ones are always kept)")
+    m.add_argument(
+        "--keep",
+        type=int,
+        default=vocab.DEFAULT_KEEP_VERSIONS,
+        help="versions to keep in the repository (the served ones are always kept)",
+    )
     m.set_defaults(func=cmd_models_publish, needs_tensorflow=True)
     m = models.add_parser("rollback", help="make the previous stable version stable again")
     m.add_argument("--model", required=True)
@@ -562,8 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: one line here, the traceback with -v
         if args.verbose:
             raise
-        print(f"medkfp: internal error: {type(e).__name__}: {e} (run with -v for the traceback, "
-              "and report it)", file=sys.stderr)
+        print(
+            f"medkfp: internal error: {type(e).__name__}: {e} (run with -v for the traceback, and report it)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

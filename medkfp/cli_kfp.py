@@ -53,8 +53,11 @@ def compile_options(args: argparse.Namespace):
     """CompileOptions from the `medkfp compile` flags. Raises ValueError for a bad selector/toleration."""
     from medkfp.pipelines.kubeflow_runner import CompileOptions
 
-    tolerations = (tuple(configs.parse_toleration(t) for t in args.gpu_toleration)
-                   if args.gpu_toleration else configs.GpuNode().tolerations)
+    tolerations = (
+        tuple(configs.parse_toleration(t) for t in args.gpu_toleration)
+        if args.gpu_toleration
+        else configs.GpuNode().tolerations
+    )
     selector = configs.parse_node_selector(args.gpu_node_selector or [])
     node = configs.GpuNode(gpus=args.gpus, node_selector=selector, tolerations=tolerations)
     return CompileOptions(gpu_node=node, image=args.image, gpu_image=args.gpu_image)
@@ -74,8 +77,10 @@ def cmd_submit(args) -> None:
     if args.json:
         print(json.dumps(result, indent=2), flush=True)
     else:
-        print(f"pipeline {configs.PIPELINE_NAME} version {result['pipeline_version_id']}: "
-              f"{'uploaded' if result['uploaded'] else 'unchanged, not uploaded again'}")
+        print(
+            f"pipeline {configs.PIPELINE_NAME} version {result['pipeline_version_id']}: "
+            f"{'uploaded' if result['uploaded'] else 'unchanged, not uploaded again'}"
+        )
         print(f"run {result['run_id']} in experiment {args.experiment}: {result['run_url']}", flush=True)
     if args.wait:
         state = kfp.wait(result["run_id"], timeout=args.timeout)
@@ -92,15 +97,18 @@ def cmd_schedule_create(args) -> None:
     else:
         trigger = Trigger(interval_seconds=parse_every(args.every))
     arguments = pipeline_arguments(args)
-    result = runner(args).schedule_create(args.schedule, trigger, arguments, compile_options(args),
-                                          experiment=args.experiment)
+    result = runner(args).schedule_create(
+        args.schedule, trigger, arguments, compile_options(args), experiment=args.experiment
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     elif result["changed"]:
         print(f"schedule {args.schedule}: recurring run {result['recurring_run_id']} ({trigger.describe()})")
     else:
-        print(f"schedule {args.schedule} unchanged: recurring run {result['recurring_run_id']} "
-              f"already has this spec, these parameters and {trigger.describe()}")
+        print(
+            f"schedule {args.schedule} unchanged: recurring run {result['recurring_run_id']} "
+            f"already has this spec, these parameters and {trigger.describe()}"
+        )
 
 
 def cmd_schedule_list(args) -> None:
@@ -115,8 +123,10 @@ def cmd_schedule_list(args) -> None:
         when = f"cron {row['cron']}" if row["cron"] else f"every {row['interval_seconds']} s"
         state = "" if row["enabled"] else "  (disabled)"
         params = row["parameters"]
-        print(f"{row['schedule']}  {when}  model {params.get('model_name', '?')} from "
-              f"{params.get('source', '?')}  recurring run {row['recurring_run_id']}{state}")
+        print(
+            f"{row['schedule']}  {when}  model {params.get('model_name', '?')} from "
+            f"{params.get('source', '?')}  recurring run {row['recurring_run_id']}{state}"
+        )
 
 
 def cmd_schedule_delete(args) -> None:
@@ -125,24 +135,36 @@ def cmd_schedule_delete(args) -> None:
 
 
 def add_connection_options(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--host", required=True,
-                   help="the KFP UI or API URL, e.g. http://localhost:8080 (a port-forward of "
-                   "ml-pipeline-ui)")
+    s.add_argument(
+        "--host",
+        required=True,
+        help="the KFP UI or API URL, e.g. http://localhost:8080 (a port-forward of ml-pipeline-ui)",
+    )
     s.add_argument("--namespace", help="your profile namespace (multi-user KFP)")
     token = s.add_mutually_exclusive_group()
-    token.add_argument("--token",
-                       help="bearer token (others on this machine can see it: prefer --token-file)")
-    token.add_argument("--token-file", help="file holding a bearer token (default: the file "
-                       "$KF_PIPELINES_SA_TOKEN_PATH names, or in a pod its KFP service-account token)")
+    token.add_argument(
+        "--token", help="bearer token (others on this machine can see it: prefer --token-file)"
+    )
+    token.add_argument(
+        "--token-file",
+        help="file holding a bearer token (default: the file "
+        "$KF_PIPELINES_SA_TOKEN_PATH names, or in a pod its KFP service-account token)",
+    )
 
 
 def add_pipeline_options(s: argparse.ArgumentParser) -> None:
     """Run parameters, the store, the experiment and the compile flags of `submit` / `schedule create`."""
     add_run_parameters(s)
-    s.add_argument("--store", default=DEFAULT_S3_STORE,
-                   help=f"the store the pods use, over S3 (default {DEFAULT_S3_STORE})")
-    s.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                   help=f"KFP experiment, created when missing (default {DEFAULT_EXPERIMENT})")
+    s.add_argument(
+        "--store",
+        default=DEFAULT_S3_STORE,
+        help=f"the store the pods use, over S3 (default {DEFAULT_S3_STORE})",
+    )
+    s.add_argument(
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        help=f"KFP experiment, created when missing (default {DEFAULT_EXPERIMENT})",
+    )
     add_compile_options(s)
 
 
@@ -152,8 +174,12 @@ def add_parsers(sub) -> None:
     add_connection_options(s)
     add_pipeline_options(s)
     s.add_argument("--wait", action="store_true", help="follow the run; exit non-zero unless it succeeds")
-    s.add_argument("--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT,
-                   help=f"seconds --wait waits (default {DEFAULT_WAIT_TIMEOUT})")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT_TIMEOUT,
+        help=f"seconds --wait waits (default {DEFAULT_WAIT_TIMEOUT})",
+    )
     s.add_argument("--json", action="store_true", help="print the ids and the run's link as JSON")
     s.set_defaults(func=cmd_submit)
 

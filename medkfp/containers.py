@@ -42,8 +42,9 @@ def docker_client():
         client = docker.DockerClient(base_url=host, timeout=600)
         client.ping()
     except docker.errors.DockerException as e:
-        raise ContainerError(f"container engine at {host} does not answer ({e}): start it, "
-                             "or run 'make container-engine'") from None
+        raise ContainerError(
+            f"container engine at {host} does not answer ({e}): start it, or run 'make container-engine'"
+        ) from None
     os.environ.setdefault("DOCKER_HOST", host)  # kfp.local's handler calls docker.from_env()
     return client
 
@@ -55,14 +56,16 @@ def require_image(client, image: str) -> None:
     try:
         client.images.get(image)
     except docker.errors.ImageNotFound:
-        raise ContainerError(f"image {image} is not in the container engine: build it with 'make image' "
-                             "or pass --image REF") from None
+        raise ContainerError(
+            f"image {image} is not in the container engine: build it with 'make image' or pass --image REF"
+        ) from None
 
 
 def container_environment(environ=os.environ) -> dict[str, str]:
     """The caller's store and project variables, for the step containers."""
     return {
-        name: value for name, value in environ.items()
+        name: value
+        for name, value in environ.items()
         if name in vocab.S3_ENVIRONMENT or name.startswith(vocab.PROJECT_ENVIRONMENT_PREFIX)
     }
 

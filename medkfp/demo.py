@@ -68,27 +68,77 @@ def main() -> int:
     OUT.mkdir()
     with loopback_s3() as env:
         print(f"loopback S3 server at {env['AWS_ENDPOINT_URL_S3']} (moto)")
-        medkfp("synth", vocab.COVID, "--out", str(OUT / "data"), "--counts", COUNTS,
-               "--size", str(SOURCE_SIZE), "--seed", "1")
-        medkfp("synth", vocab.COVID, "--out", str(OUT / "unseen"),
-               "--per-class", str(UNSEEN_PER_CLASS), "--size", str(SOURCE_SIZE), "--seed", "777")
-        medkfp("run", "--dataset", vocab.COVID, "--source", str(OUT / "data"),
-               "--epochs", str(EPOCHS), "--image-size", str(IMAGE_SIZE),
-               "--summary", str(OUT / "summary.json"), "--pipeline-root", str(OUT / "kfp"))
+        medkfp(
+            "synth",
+            vocab.COVID,
+            "--out",
+            str(OUT / "data"),
+            "--counts",
+            COUNTS,
+            "--size",
+            str(SOURCE_SIZE),
+            "--seed",
+            "1",
+        )
+        medkfp(
+            "synth",
+            vocab.COVID,
+            "--out",
+            str(OUT / "unseen"),
+            "--per-class",
+            str(UNSEEN_PER_CLASS),
+            "--size",
+            str(SOURCE_SIZE),
+            "--seed",
+            "777",
+        )
+        medkfp(
+            "run",
+            "--dataset",
+            vocab.COVID,
+            "--source",
+            str(OUT / "data"),
+            "--epochs",
+            str(EPOCHS),
+            "--image-size",
+            str(IMAGE_SIZE),
+            "--summary",
+            str(OUT / "summary.json"),
+            "--pipeline-root",
+            str(OUT / "kfp"),
+        )
         summary = json.loads((OUT / "summary.json").read_text())
         server = f"127.0.0.1:{free_port()}"
         print(f"\n$ medkfp serve --port {server.split(':')[1]}  (in the background)")
         serve = subprocess.Popen(
-            [sys.executable, "-m", "medkfp.cli", "serve", "--host", "127.0.0.1",
-             "--port", server.split(":")[1]],
+            [
+                sys.executable,
+                "-m",
+                "medkfp.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                server.split(":")[1],
+            ],
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            stdout=open(OUT / "serve.log", "w"), stderr=subprocess.STDOUT,
+            stdout=open(OUT / "serve.log", "w"),
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for_model(server, vocab.COVID, serve)
             images = unseen_images(OUT / "unseen")
-            result = medkfp("predict", "--server", server, "--model", vocab.COVID, "--json",
-                            *[str(p) for p, _ in images], capture_output=True, text=True)
+            result = medkfp(
+                "predict",
+                "--server",
+                server,
+                "--model",
+                vocab.COVID,
+                "--json",
+                *[str(p) for p, _ in images],
+                capture_output=True,
+                text=True,
+            )
             predictions = json.loads(result.stdout)["predictions"]
         finally:
             serve.terminate()
@@ -101,8 +151,10 @@ def main() -> int:
         mark = "ok " if p["class"] == truth else "MISS"
         print(f"  {mark} {path.name:<28} -> {p['class']:<16} (p={max(p['probabilities']):.3f})")
     best = next(c for c in summary["candidates"] if c["name"] == summary["selected"])
-    print(f"\npushed model: {summary['selected']}, test macro-F1 {best['metrics']['macro_f1']:.3f}; "
-          f"unseen images right: {correct}/{len(images)}")
+    print(
+        f"\npushed model: {summary['selected']}, test macro-F1 {best['metrics']['macro_f1']:.3f}; "
+        f"unseen images right: {correct}/{len(images)}"
+    )
     print(f"demo finished in {time.monotonic() - started:.0f} s; outputs in {OUT}/")
     passed = best["metrics"]["macro_f1"] >= MIN_MACRO_F1 and correct >= 0.75 * len(images)
     if not passed:

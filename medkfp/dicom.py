@@ -65,7 +65,9 @@ PROFILE = "dicomfields_2026c"
 PROFILE_NAME = "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile (2026c)"
 # Technical attributes kept in the manifest after de-identification: none identifies anyone.
 KEPT_ATTRIBUTES = {
-    "modality": "Modality", "view": "ViewPosition", "photometric": "PhotometricInterpretation",
+    "modality": "Modality",
+    "view": "ViewPosition",
+    "photometric": "PhotometricInterpretation",
     "bits_stored": "BitsStored",
 }
 # The manifest's format column of a converted DICOM file (the stored file is its PNG).
@@ -82,8 +84,25 @@ DECODER_KINDS = ("corrupt", "unsupported_transfer_syntax")
 MIN_SCRUB_LENGTH = 4
 REMOVED = "[removed]"
 # String-valued VRs: what names, IDs, dates and UIDs are stored as.
-TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
-            "UR", "UT"}
+TEXT_VRS = {
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "IS",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UR",
+    "UT",
+}
 # Largest image converted (width x height), read from the header before the pixels are decoded.
 DEFAULT_MAX_PIXELS = vocab.MAX_IMAGE_PIXELS
 
@@ -155,7 +174,7 @@ def scrub_text(text: str, values: frozenset[str]) -> str:
         if value.lower() in lowered:
             start = 0
             while (at := text.lower().find(value.lower(), start)) >= 0:
-                text = text[:at] + REMOVED + text[at + len(value):]
+                text = text[:at] + REMOVED + text[at + len(value) :]
                 start = at + len(REMOVED)
             lowered = text.lower()
     return text
@@ -165,8 +184,16 @@ def read_dataset(data: bytes, name: str = "") -> pydicom.Dataset:
     """Parse DICOM bytes (with or without the preamble). Raises DicomRejected."""
     try:
         return pydicom.dcmread(io.BytesIO(data), force=data[128:132] != PREAMBLE)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError,
-            IndexError, NotImplementedError) as e:
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        NotImplementedError,
+    ) as e:
         raise DicomRejected("corrupt", f"truncated or corrupt DICOM ({_one_line(e)})") from None
 
 
@@ -179,8 +206,9 @@ def dicom_to_png(source: bytes | str | os.PathLike, max_pixels: int = DEFAULT_MA
     return convert(data, max_pixels=max_pixels).png
 
 
-def convert(data: bytes, name: str = "", salt: bytes | None = None,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> DicomImage:
+def convert(
+    data: bytes, name: str = "", salt: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DicomImage:
     """Convert and de-identify one DICOM file: the PNG, safe manifest columns, pseudonyms.
 
     Raises DicomRejected: kind corrupt, not_image, no_pixel_data, unsupported_photometric,
@@ -226,8 +254,10 @@ def check_image_object(ds: pydicom.Dataset, max_pixels: int = DEFAULT_MAX_PIXELS
         if what and ("SR" in what.split() or "Presentation State" in what or "Key Object" in what):
             raise DicomRejected("not_image", f"not an image: a {what} object has no pixel data")
         if "Rows" in ds:  # the Image Pixel module without its pixels: cut short, or stripped
-            raise DicomRejected("no_pixel_data", f"no pixel data: a {what or 'DICOM'} image truncated or "
-                                "exported without its pixels")
+            raise DicomRejected(
+                "no_pixel_data",
+                f"no pixel data: a {what or 'DICOM'} image truncated or exported without its pixels",
+            )
         if not what:
             raise DicomRejected("not_image", "not a DICOM image (no SOP Class UID, no pixel data)")
         raise DicomRejected("no_pixel_data", f"no pixel data: a {what} object")
@@ -265,8 +295,11 @@ def display_pixels(ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
     try:
         stored = ds.pixel_array
     except (RuntimeError, NotImplementedError) as e:
-        syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown") if "file_meta" in dir(
-            ds) else "unknown"
+        syntax = (
+            getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "unknown")
+            if "file_meta" in dir(ds)
+            else "unknown"
+        )
         raise DicomRejected(
             "unsupported_transfer_syntax", f"cannot decode transfer syntax {syntax} ({_one_line(e)})"
         ) from None
@@ -355,8 +388,11 @@ def _text_values(ds: pydicom.Dataset) -> set[str]:
 
     def visit(dataset, element):
         if element.VR in TEXT_VRS and element.value not in (None, ""):
-            items = element.value if isinstance(element.value, (list, pydicom.multival.MultiValue)) else [
-                element.value]
+            items = (
+                element.value
+                if isinstance(element.value, (list, pydicom.multival.MultiValue))
+                else [element.value]
+            )
             values.update(str(v).strip() for v in items if str(v).strip())
 
     ds.walk(visit)
@@ -365,8 +401,9 @@ def _text_values(ds: pydicom.Dataset) -> set[str]:
 
 def _walk_names(ds: pydicom.Dataset) -> list:
     names = []
-    ds.walk(lambda dataset, element: names.append(element.value) if element.VR == "PN" and element.value
-            else None)
+    ds.walk(
+        lambda dataset, element: names.append(element.value) if element.VR == "PN" and element.value else None
+    )
     return names
 
 
@@ -399,5 +436,7 @@ def windowing_statement(summary: dict | None) -> str | None:
     if not summary or not summary.get("images"):
         return None
     used = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("windowing", {}).items()))
-    return (f"{summary['images']} DICOM image(s) converted by medkfp.dicom: {WINDOWING} (VOI used: {used}). "
-            "Send DICOM files through `medkfp predict` or medkfp.dicom.dicom_to_png to get the same pixels.")
+    return (
+        f"{summary['images']} DICOM image(s) converted by medkfp.dicom: {WINDOWING} (VOI used: {used}). "
+        "Send DICOM files through `medkfp predict` or medkfp.dicom.dicom_to_png to get the same pixels."
+    )

@@ -69,9 +69,7 @@ def predict_store_images(signature, store: LocalStore, manifest) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def evaluate_external(
-    model_uri: str, source: str, dataset: str | None = None, report_path=None
-) -> dict:
+def evaluate_external(model_uri: str, source: str, dataset: str | None = None, report_path=None) -> dict:
     """Score the model at `model_uri` on every accepted image of `source`.
 
     Args:

@@ -159,7 +159,8 @@ def calibrated(model, temperature: float):
     else:
         tiny = np.finfo(np.float32).tiny
         logits_of = lambda x, training=False: tf.math.log(  # noqa: E731
-            tf.maximum(tf.cast(model(x, training=training), tf.float32), tiny))
+            tf.maximum(tf.cast(model(x, training=training), tf.float32), tiny)
+        )
 
     def scaled(images, training=False):
         logits = tf.cast(logits_of(images, training=training), tf.float32)

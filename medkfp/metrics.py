@@ -28,8 +28,13 @@ from medkfp.vocab import CONFIDENCE
 
 # The scalar metrics every evaluation reports (all: higher is better).
 SCALARS = (
-    "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
-    "weighted_f1", "macro_roc_auc",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_f1",
+    "macro_roc_auc",
 )
 # The scalars with a bootstrap interval in `metrics["ci"]` (DESIGN.md), and the per-class ones
 # in `per_class[c]["ci"]`.
@@ -119,7 +124,11 @@ def _interval(samples: np.ndarray, value: float) -> list[float]:
 
 
 def bootstrap_intervals(
-    y_true, y_pred, n_classes: int, point: dict, resamples: int = BOOTSTRAP_RESAMPLES,
+    y_true,
+    y_pred,
+    n_classes: int,
+    point: dict,
+    resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> tuple[dict, list[dict]]:
     """95% stratified bootstrap intervals of the CI_SCALARS and, per class, CI_PER_CLASS.
@@ -148,8 +157,12 @@ def bootstrap_intervals(
 
 
 def classification_metrics(
-    y_true, y_pred, class_names: list[str] | tuple[str, ...], probabilities=None,
-    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+    y_true,
+    y_pred,
+    class_names: list[str] | tuple[str, ...],
+    probabilities=None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> dict:
     """Every metric of the run summary for labels `y_true` and predictions `y_pred`.
 
@@ -198,8 +211,12 @@ def classification_metrics(
         "per_class": per_class,
     }
     scalars, per_class_ci = bootstrap_intervals(
-        y_true, y_pred, len(labels), {**result, "per_class": list(per_class.values())},
-        resamples, seed,
+        y_true,
+        y_pred,
+        len(labels),
+        {**result, "per_class": list(per_class.values())},
+        resamples,
+        seed,
     )
     result["ci"] = scalars
     for name, ci in zip(class_names, per_class_ci):
@@ -233,11 +250,15 @@ def reliability_bins(probabilities, y_true, bins: int = ECE_BINS) -> list[dict]:
     for i in range(bins):
         members = which == i
         n = int(members.sum())
-        result.append({
-            "lower": i / bins, "upper": (i + 1) / bins, "count": n,
-            "confidence": float(confidence[members].mean()) if n else None,
-            "accuracy": float(correct[members].mean()) if n else None,
-        })
+        result.append(
+            {
+                "lower": i / bins,
+                "upper": (i + 1) / bins,
+                "count": n,
+                "confidence": float(confidence[members].mean()) if n else None,
+                "accuracy": float(correct[members].mean()) if n else None,
+            }
+        )
     return result
 
 
@@ -308,8 +329,10 @@ def calibration_metrics(probabilities, y_true, temperature: float) -> tuple[dict
         "ece_uncalibrated": expected_calibration_error(before, y_true),
         "temperature": float(temperature),
     }
-    reliability = {"calibrated": reliability_bins(probabilities, y_true),
-                   "uncalibrated": reliability_bins(before, y_true)}
+    reliability = {
+        "calibrated": reliability_bins(probabilities, y_true),
+        "uncalibrated": reliability_bins(before, y_true),
+    }
     return calibration, reliability
 
 

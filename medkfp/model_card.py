@@ -78,8 +78,10 @@ def snapshot_line(snapshot: dict | None) -> str:
     """The line naming the data snapshot the version was trained on."""
     if not snapshot:
         return "no snapshot recorded"
-    return (f"snapshot {snapshot['id']}: {snapshot['files']} files of {snapshot['source']}, "
-            f"listed {snapshot['listed_at']} ({snapshot['uri']})")
+    return (
+        f"snapshot {snapshot['id']}: {snapshot['files']} files of {snapshot['source']}, "
+        f"listed {snapshot['listed_at']} ({snapshot['uri']})"
+    )
 
 
 def _number(value, digits: int = 4) -> str:

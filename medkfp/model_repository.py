@@ -210,7 +210,7 @@ class ModelRepository:
         prefix = self.model_prefix(model) + "/"
         numbers = set()
         for key in self.store.list_keys(prefix):
-            head = key[len(prefix):].split("/", 1)[0]
+            head = key[len(prefix) :].split("/", 1)[0]
             if head.isdigit():
                 numbers.add(int(head))
         return sorted(numbers)
@@ -249,18 +249,20 @@ class ModelRepository:
         for version in self.complete_versions(model):
             metadata = self.metadata(model, version)
             metrics = metadata.get("metrics") or {}
-            rows.append({
-                "version": version,
-                "stable": version == stable,
-                "loaded": version in loaded,
-                "dataset": metadata.get("dataset"),
-                "candidate": (metadata.get("candidate") or {}).get("name"),
-                "macro_f1": metrics.get("macro_f1"),
-                "accuracy": metrics.get("accuracy"),
-                "created": metadata.get("created"),
-                "run_id": metadata.get("run_id"),
-                "previous_version": metadata.get("previous_version"),
-            })
+            rows.append(
+                {
+                    "version": version,
+                    "stable": version == stable,
+                    "loaded": version in loaded,
+                    "dataset": metadata.get("dataset"),
+                    "candidate": (metadata.get("candidate") or {}).get("name"),
+                    "macro_f1": metrics.get("macro_f1"),
+                    "accuracy": metrics.get("accuracy"),
+                    "created": metadata.get("created"),
+                    "run_id": metadata.get("run_id"),
+                    "previous_version": metadata.get("previous_version"),
+                }
+            )
         return rows
 
     # --- publish --------------------------------------------------------------------

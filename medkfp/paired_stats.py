@@ -71,8 +71,9 @@ def macro_auc_batch(y_true: np.ndarray, probabilities: np.ndarray, n_classes: in
         scores[:, c] = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
     with np.errstate(invalid="ignore"):
         defined = ~np.isnan(scores)
-        return np.where(defined.any(axis=1), np.nansum(scores, axis=1) / np.maximum(defined.sum(axis=1), 1),
-                        np.nan)
+        return np.where(
+            defined.any(axis=1), np.nansum(scores, axis=1) / np.maximum(defined.sum(axis=1), 1), np.nan
+        )
 
 
 def bootstrap_difference(
@@ -102,8 +103,14 @@ def bootstrap_difference(
     if n_resamples < MIN_RESAMPLES:
         raise ValueError(f"n_resamples must be at least {MIN_RESAMPLES}, got {n_resamples}")
     if not len(y_true):
-        return {"difference": None, "ci": [None, None], "resamples": 0, "seed": seed,
-                "confidence": confidence, "method": "percentile"}
+        return {
+            "difference": None,
+            "ci": [None, None],
+            "resamples": 0,
+            "seed": seed,
+            "confidence": confidence,
+            "method": "percentile",
+        }
     if metric == "macro_roc_auc":
         if challenger_probabilities is None or champion_probabilities is None:
             raise ValueError("macro_roc_auc needs both models' probabilities")
@@ -115,27 +122,42 @@ def bootstrap_difference(
             return macro_auc_batch(truth, pa[index], n_classes) - macro_auc_batch(truth, pb[index], n_classes)
 
     elif metric in LABEL_METRICS:
+
         def statistic(index, axis=-1):
             index = np.atleast_2d(index.astype(np.int64))
             truth = y_true[index]
-            difference = (metric_from_confusions(_confusions(truth, a[index], n_classes), metric)
-                          - metric_from_confusions(_confusions(truth, b[index], n_classes), metric))
+            difference = metric_from_confusions(
+                _confusions(truth, a[index], n_classes), metric
+            ) - metric_from_confusions(_confusions(truth, b[index], n_classes), metric)
             return difference
 
     else:
-        raise ValueError(f"no paired bootstrap for metric {metric!r}: use one of "
-                         f"{', '.join((*LABEL_METRICS, 'macro_roc_auc'))}")
+        raise ValueError(
+            f"no paired bootstrap for metric {metric!r}: use one of "
+            f"{', '.join((*LABEL_METRICS, 'macro_roc_auc'))}"
+        )
     # Resampling the image indices resamples labels and both models' predictions together:
     # the pairing is kept. Percentile intervals stay defined when every difference is equal.
     observed = float(statistic(np.arange(len(y_true)))[0])
     result = stats.bootstrap(
-        (np.arange(len(y_true), dtype=np.float64),), statistic, n_resamples=n_resamples,
-        confidence_level=confidence, method="percentile", vectorized=True,
-        random_state=np.random.default_rng(seed), batch=100,
+        (np.arange(len(y_true), dtype=np.float64),),
+        statistic,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+        batch=100,
     )
     low, high = result.confidence_interval
-    return {"difference": float(observed), "ci": [float(low), float(high)], "resamples": n_resamples,
-            "seed": seed, "confidence": confidence, "method": "percentile"}
+    return {
+        "difference": float(observed),
+        "ci": [float(low), float(high)],
+        "resamples": n_resamples,
+        "seed": seed,
+        "confidence": confidence,
+        "method": "percentile",
+    }
 
 
 def mcnemar_exact(y_true, challenger, champion) -> dict:
@@ -151,16 +173,29 @@ def mcnemar_exact(y_true, challenger, champion) -> dict:
     only_b = int((right_b & ~right_a).sum())
     discordant = only_a + only_b
     p_value = float(stats.binomtest(only_a, discordant, 0.5).pvalue) if discordant else 1.0
-    return {"challenger_only_right": only_a, "champion_only_right": only_b, "discordant": discordant,
-            "p_value": p_value}
+    return {
+        "challenger_only_right": only_a,
+        "champion_only_right": only_b,
+        "discordant": discordant,
+        "p_value": p_value,
+    }
 
 
-def compare(y_true, challenger, champion, n_classes: int, metric: str, seed: int = 0,
-            n_resamples: int = DEFAULT_RESAMPLES, **probabilities) -> dict:
+def compare(
+    y_true,
+    challenger,
+    champion,
+    n_classes: int,
+    metric: str,
+    seed: int = 0,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    **probabilities,
+) -> dict:
     """Both paired statistics: bootstrap_difference(...) merged with mcnemar_exact(...)."""
     return {
-        **bootstrap_difference(y_true, challenger, champion, n_classes, metric, n_resamples, seed,
-                               **probabilities),
+        **bootstrap_difference(
+            y_true, challenger, champion, n_classes, metric, n_resamples, seed, **probabilities
+        ),
         **mcnemar_exact(y_true, challenger, champion),
         "images": int(len(np.asarray(y_true))),
     }

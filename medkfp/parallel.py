@@ -23,8 +23,9 @@ DEFAULT_WORKERS = min(8, (os.cpu_count() or 2) * 2)
 UPLOAD_WORKERS = 16
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int = DEFAULT_WORKERS,
-                window: int | None = None) -> Iterator[R]:
+def bounded_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int = DEFAULT_WORKERS, window: int | None = None
+) -> Iterator[R]:
     """fn over items in threads, results in input order, at most `window` items in flight.
 
     The window bounds memory: an item's data is read inside `fn` and dropped once its
@@ -65,8 +66,9 @@ class Uploader:
     manager; submit may be called from several threads.
     """
 
-    def __init__(self, put: Callable[[str, bytes], None], workers: int = UPLOAD_WORKERS,
-                 window: int | None = None):
+    def __init__(
+        self, put: Callable[[str, bytes], None], workers: int = UPLOAD_WORKERS, window: int | None = None
+    ):
         self._put = put
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(window or max(1, workers) * 4)
@@ -112,8 +114,9 @@ class Uploader:
             self._pool.shutdown(wait=True)
 
 
-def upload_all(put: Callable[[str, bytes], None], items: Iterable[tuple[str, bytes]],
-               workers: int = UPLOAD_WORKERS) -> int:
+def upload_all(
+    put: Callable[[str, bytes], None], items: Iterable[tuple[str, bytes]], workers: int = UPLOAD_WORKERS
+) -> int:
     """put(key, data) for every (key, data) in items, in parallel; returns the count.
     Raises UploadError naming the keys that failed."""
     with Uploader(put, workers) as uploads:

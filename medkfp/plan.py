@@ -68,8 +68,11 @@ def plan(
         "notes": survey.notes,
         **_mias_columns(survey),
     }
-    problems = [p for p in (rejected_fraction_problem(survey, max_rejected_fraction),
-                            empty_classes_problem(survey)) if p]
+    problems = [
+        p
+        for p in (rejected_fraction_problem(survey, max_rejected_fraction), empty_classes_problem(survey))
+        if p
+    ]
     split = _split(survey, test_fraction, val_fraction, seed, problems)
     report.update(_split_report(survey, split, seed))
     report["leakage"] = {
@@ -87,8 +90,12 @@ def plan(
 
 def _patients(table: pd.DataFrame | None, summary: dict) -> dict:
     """Pseudonymous patients: how many, films per patient, per split, and across splits."""
-    report = {"patients": summary["patients"], "images_per_patient": summary["images_per_patient"],
-              "splits": {}, "patients_across_splits": 0}
+    report = {
+        "patients": summary["patients"],
+        "images_per_patient": summary["images_per_patient"],
+        "splits": {},
+        "patients_across_splits": 0,
+    }
     if table is None or "patient" not in table:
         return report
     known = table[table["patient"].fillna("") != ""]
@@ -117,11 +124,21 @@ def _split_report(survey: Survey, table: pd.DataFrame | None, seed: int) -> dict
 
     names = survey.class_names
     if table is None:
-        return {"splits": {}, "split_totals": {}, "balanced_train": {}, "class_weights": {},
-                "_groups_across_splits": 0}
+        return {
+            "splits": {},
+            "split_totals": {},
+            "balanced_train": {},
+            "class_weights": {},
+            "_groups_across_splits": 0,
+        }
     splits = {
-        s: {c: int(n) for c, n in table.loc[table["split"] == s, "label"].value_counts()
-            .reindex(names, fill_value=0).items()}
+        s: {
+            c: int(n)
+            for c, n in table.loc[table["split"] == s, "label"]
+            .value_counts()
+            .reindex(names, fill_value=0)
+            .items()
+        }
         for s in vocab.SPLITS
     }
     train = table.loc[table["split"] == "train", "label"].to_numpy(dtype=object)
@@ -176,12 +193,17 @@ def render(report: dict, console=None) -> None:
             table.add_column(column, justify="left" if column == "class" else "right")
         for c in report["class_names"]:
             table.add_row(
-                escape(c), *(str(report["splits"][s][c]) for s in vocab.SPLITS),
+                escape(c),
+                *(str(report["splits"][s][c]) for s in vocab.SPLITS),
                 *(str(report["balanced_train"][s][c]) for s in RESAMPLING),
                 f"{report['class_weights'][c]:.3f}",
             )
-        table.add_row("total", *(str(report["split_totals"][s]) for s in vocab.SPLITS),
-                      *(str(sum(report["balanced_train"][s].values())) for s in RESAMPLING), "")
+        table.add_row(
+            "total",
+            *(str(report["split_totals"][s]) for s in vocab.SPLITS),
+            *(str(sum(report["balanced_train"][s].values())) for s in RESAMPLING),
+            "",
+        )
         console.print(table)
     for key in ("severity", "tissue"):
         if key in report:
@@ -196,10 +218,11 @@ def render(report: dict, console=None) -> None:
         patients = report["patients"]
         films = ", ".join(f"{n} with {k}" for k, n in patients["images_per_patient"].items())
         per_split = ", ".join(f"{s} {n}" for s, n in patients["splits"].items())
-        console.print(f"patients: {patients['patients']} ({films} film(s)); per split: {per_split}; "
-                      f"{patients['patients_across_splits']} across splits")
+        console.print(
+            f"patients: {patients['patients']} ({films} film(s)); per split: {per_split}; "
+            f"{patients['patients_across_splits']} across splits"
+        )
     for note in report["notes"]:
         console.print(f"note: {escape(note)}")
     for problem in report["problems"]:
         console.print(f"[red]problem:[/] {escape(problem)}")
-

@@ -48,12 +48,12 @@ def fmt(value) -> str:
 
 
 def interval(ci) -> str | None:
-    """"[lo, hi]" of a bootstrap interval, None when there is none."""
+    """ "[lo, hi]" of a bootstrap interval, None when there is none."""
     return None if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def with_interval(value, ci) -> str | None:
-    """"0.912 [0.850, 0.961]": a score and its interval, for a comparison cell."""
+    """ "0.912 [0.850, 0.961]": a score and its interval, for a comparison cell."""
     if value is None:
         return None
     return f"{value:.3f} {interval(ci)}" if ci else f"{value:.4f}"
@@ -107,16 +107,28 @@ def reliability_diagram(reliability: dict) -> str:
     diagonal of perfect calibration; bar widths are the bins, markers sized by count."""
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
-    for key, label, colour in (("uncalibrated", "before scaling", "tab:orange"),
-                               ("calibrated", "after (served)", "tab:blue")):
+    for key, label, colour in (
+        ("uncalibrated", "before scaling", "tab:orange"),
+        ("calibrated", "after (served)", "tab:blue"),
+    ):
         bins = [b for b in reliability.get(key) or [] if b["count"]]
         if not bins:
             continue
         total = sum(b["count"] for b in bins)
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
-                color=colour, label=label)
-        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
-                   s=[20 + 300 * b["count"] / total for b in bins], color=colour, alpha=0.3)
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            marker="o",
+            color=colour,
+            label=label,
+        )
+        ax.scatter(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            s=[20 + 300 * b["count"] / total for b in bins],
+            color=colour,
+            alpha=0.3,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (top-class probability)")
@@ -134,11 +146,30 @@ def per_class_table(metrics: dict) -> str:
     rows = []
     for name, m in metrics["per_class"].items():
         ci = m.get("ci") or {}
-        rows.append([name, m.get("precision"), m.get("recall"), interval(ci.get("recall")),
-                     m.get("specificity"), interval(ci.get("specificity")), m.get("f1"),
-                     m.get("roc_auc"), m.get("support")])
-    header = ["class", "precision", "recall (sensitivity)", f"recall {CI_LABEL}", "specificity",
-              f"specificity {CI_LABEL}", "F1", "ROC-AUC", "support"]
+        rows.append(
+            [
+                name,
+                m.get("precision"),
+                m.get("recall"),
+                interval(ci.get("recall")),
+                m.get("specificity"),
+                interval(ci.get("specificity")),
+                m.get("f1"),
+                m.get("roc_auc"),
+                m.get("support"),
+            ]
+        )
+    header = [
+        "class",
+        "precision",
+        "recall (sensitivity)",
+        f"recall {CI_LABEL}",
+        "specificity",
+        f"specificity {CI_LABEL}",
+        "F1",
+        "ROC-AUC",
+        "support",
+    ]
     return table(header, rows)
 
 
@@ -147,12 +178,17 @@ def calibration_section(metrics: dict, reliability: dict | None) -> str:
     calibration = metrics.get("calibration")
     if not calibration:
         return ""
-    rows = [["ECE of the served (temperature-scaled) probabilities", calibration["ece"]],
-            ["ECE before temperature scaling", calibration["ece_uncalibrated"]],
-            ["temperature (fitted on the validation split)", calibration["temperature"]]]
-    parts = ["<h2>Calibration</h2>", table(["", "value"], rows),
-             "<p>The served model divides its logits by the temperature before the softmax; "
-             "the top class, and so every score above, is unchanged.</p>"]
+    rows = [
+        ["ECE of the served (temperature-scaled) probabilities", calibration["ece"]],
+        ["ECE before temperature scaling", calibration["ece_uncalibrated"]],
+        ["temperature (fitted on the validation split)", calibration["temperature"]],
+    ]
+    parts = [
+        "<h2>Calibration</h2>",
+        table(["", "value"], rows),
+        "<p>The served model divides its logits by the temperature before the softmax; "
+        "the top class, and so every score above, is unchanged.</p>",
+    ]
     if reliability:
         parts.append(img(reliability_diagram(reliability), "reliability diagram"))
     return "".join(parts)
@@ -167,12 +203,16 @@ def candidate_report(evaluation: dict, title: str | None = None) -> str:
     if candidate:
         config = [[k, v] for k, v in candidate.items() if k != "name"]
         parts.append("<h2>Configuration</h2>" + table(["setting", "value"], config))
-    parts.append("<h2>Scores</h2>" + table(["metric", "value", CI_LABEL], scalar_rows(metrics))
-                 + f"<p>{CI_LABEL}: stratified bootstrap over the test split's images.</p>")
+    parts.append(
+        "<h2>Scores</h2>"
+        + table(["metric", "value", CI_LABEL], scalar_rows(metrics))
+        + f"<p>{CI_LABEL}: stratified bootstrap over the test split's images.</p>"
+    )
     parts.append("<h2>Per class</h2>" + per_class_table(metrics))
-    parts.append("<h2>Confusion matrix</h2>"
-                 + img(confusion_heatmap(metrics["confusion_matrix"], metrics["class_names"]),
-                       "confusion matrix"))
+    parts.append(
+        "<h2>Confusion matrix</h2>"
+        + img(confusion_heatmap(metrics["confusion_matrix"], metrics["class_names"]), "confusion matrix")
+    )
     parts.append(calibration_section(metrics, evaluation.get("reliability")))
     curves = training_curves(evaluation.get("history") or {})
     if curves:
@@ -187,17 +227,27 @@ def best_val_loss(history: dict | None) -> float | None:
     return float(min(values)) if values else None
 
 
-def comparison_row(name: str, candidate: dict | None, metrics: dict, val_loss, class_names,
-                   mark: str) -> list:
+def comparison_row(
+    name: str, candidate: dict | None, metrics: dict, val_loss, class_names, mark: str
+) -> list:
     """One row of the comparison: scores with their intervals, ECE, recall per class."""
     ci = metrics.get("ci") or {}
     calibration = metrics.get("calibration") or {}
     recalls = [(metrics.get("per_class") or {}).get(n, {}).get("recall") for n in class_names]
-    return [mark, name, (candidate or {}).get("architecture"), (candidate or {}).get("balancing"),
-            val_loss, with_interval(metrics.get("accuracy"), ci.get("accuracy")),
-            with_interval(metrics.get("balanced_accuracy"), ci.get("balanced_accuracy")),
-            with_interval(metrics.get("macro_f1"), ci.get("macro_f1")), metrics.get("weighted_f1"),
-            metrics.get("macro_roc_auc"), calibration.get("ece"), *recalls]
+    return [
+        mark,
+        name,
+        (candidate or {}).get("architecture"),
+        (candidate or {}).get("balancing"),
+        val_loss,
+        with_interval(metrics.get("accuracy"), ci.get("accuracy")),
+        with_interval(metrics.get("balanced_accuracy"), ci.get("balanced_accuracy")),
+        with_interval(metrics.get("macro_f1"), ci.get("macro_f1")),
+        metrics.get("weighted_f1"),
+        metrics.get("macro_roc_auc"),
+        calibration.get("ece"),
+        *recalls,
+    ]
 
 
 def overlap_note(summary: dict) -> str:
@@ -209,15 +259,22 @@ def overlap_note(summary: dict) -> str:
     if not best:
         return ""
     overlapping = [
-        name for name, c in by_name.items()
-        if name != summary["selected"] and (ci := (c["metrics"].get("ci") or {}).get(metric))
-        and ci[0] <= best[1] and best[0] <= ci[1]
+        name
+        for name, c in by_name.items()
+        if name != summary["selected"]
+        and (ci := (c["metrics"].get("ci") or {}).get(metric))
+        and ci[0] <= best[1]
+        and best[0] <= ci[1]
     ]
     if not overlapping:
-        return (f"<p>The selected candidate's {metric} interval overlaps no other candidate's: "
-                "its lead is larger than the test split's sampling noise.</p>")
-    return (f"<p>The {metric} intervals of {html.escape(', '.join(overlapping))} overlap the "
-            "selected candidate's: on this test split those differences may be noise.</p>")
+        return (
+            f"<p>The selected candidate's {metric} interval overlaps no other candidate's: "
+            "its lead is larger than the test split's sampling noise.</p>"
+        )
+    return (
+        f"<p>The {metric} intervals of {html.escape(', '.join(overlapping))} overlap the "
+        "selected candidate's: on this test split those differences may be noise.</p>"
+    )
 
 
 def comparison_report(summary: dict, evaluations: list[dict]) -> str:
@@ -227,24 +284,46 @@ def comparison_report(summary: dict, evaluations: list[dict]) -> str:
     95% bootstrap intervals, so a difference between candidates is read with its uncertainty.
     """
     class_names = summary["candidates"][0]["metrics"]["class_names"] if summary["candidates"] else []
-    header = ["", "model", "architecture", "balancing", "best val loss", f"accuracy {CI_LABEL}",
-              f"balanced acc. {CI_LABEL}", f"macro-F1 {CI_LABEL}", "weighted F1", "ROC-AUC", "ECE",
-              *(f"recall {c}" for c in class_names)]
+    header = [
+        "",
+        "model",
+        "architecture",
+        "balancing",
+        "best val loss",
+        f"accuracy {CI_LABEL}",
+        f"balanced acc. {CI_LABEL}",
+        f"macro-F1 {CI_LABEL}",
+        "weighted F1",
+        "ROC-AUC",
+        "ECE",
+        *(f"recall {c}" for c in class_names),
+    ]
     histories = {e["candidate"]["name"]: e.get("history") for e in evaluations}
     rows, classes = [], []
     for c in summary["candidates"]:
         selected = c["name"] == summary["selected"]
         val_loss = best_val_loss(histories.get(c["name"]))
-        rows.append(comparison_row(c["name"], c, c["metrics"], val_loss, class_names,
-                                   "\u2713 selected" if selected else ""))
+        rows.append(
+            comparison_row(
+                c["name"], c, c["metrics"], val_loss, class_names, "\u2713 selected" if selected else ""
+            )
+        )
         classes.append("selected" if selected else "")
     champion = summary.get("champion")
     if champion:
-        rows.append(comparison_row(f"champion v{champion['version']}", champion.get("candidate"),
-                                   champion["metrics"], None, class_names, ""))
+        rows.append(
+            comparison_row(
+                f"champion v{champion['version']}",
+                champion.get("candidate"),
+                champion["metrics"],
+                None,
+                class_names,
+                "",
+            )
+        )
         classes.append("")
     pushed = summary["pushed"]
-    decision = (f"Pushed {pushed['model_name']} v{pushed['version']}" if pushed else "Nothing pushed")
+    decision = f"Pushed {pushed['model_name']} v{pushed['version']}" if pushed else "Nothing pushed"
     title = f"{summary['dataset']}: candidates on the test split"
     parts = [
         f"<h1>{html.escape(title)}</h1>",
@@ -272,5 +351,7 @@ def write_html(path, text: str) -> None:
 
 
 def page(title: str, parts: list[str]) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )

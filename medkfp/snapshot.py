@@ -42,15 +42,22 @@ def s3_listing(source: str) -> dict[str, dict]:
         return {}
     store, prefix = open_uri(source.rstrip("/"))
     prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-    return {o.key[len(prefix):]: {"etag": o.etag, "modified": o.modified} for o in store.list_objects(prefix)}
+    return {
+        o.key[len(prefix) :]: {"etag": o.etag, "modified": o.modified} for o in store.list_objects(prefix)
+    }
 
 
 def take_snapshot(source: str, accepted: list[dict], rejects: list[dict], listed_at: str) -> dict:
     """The snapshot of `source` from an ingest's accepted manifest rows and rejects."""
     objects = s3_listing(str(source))
     files = [
-        {"path": r["path"], "label": r["label"], "size": int(r["bytes"]), "sha256": r["sha256"],
-         **objects.get(r["path"], {})}
+        {
+            "path": r["path"],
+            "label": r["label"],
+            "size": int(r["bytes"]),
+            "sha256": r["sha256"],
+            **objects.get(r["path"], {}),
+        }
         for r in accepted
     ]
     return {
@@ -76,8 +83,13 @@ def record_snapshot(store: Store, run_id: str, source: str, accepted, rejects, l
 
 
 def reference(snapshot: dict, uri: str) -> dict:
-    return {"id": snapshot["id"], "uri": uri, "source": snapshot["source"],
-            "listed_at": snapshot["listed_at"], "files": len(snapshot["files"])}
+    return {
+        "id": snapshot["id"],
+        "uri": uri,
+        "source": snapshot["source"],
+        "listed_at": snapshot["listed_at"],
+        "files": len(snapshot["files"]),
+    }
 
 
 def load_snapshot(uri: str) -> dict:
@@ -98,15 +110,19 @@ def diff_snapshots(old: dict, new: dict) -> dict:
     kinds = {
         "added": [after[p] for p in sorted(after.keys() - before.keys())],
         "removed": [before[p] for p in sorted(before.keys() - after.keys())],
-        "changed": [after[p] for p in sorted(after.keys() & before.keys())
-                    if after[p]["sha256"] != before[p]["sha256"]],
+        "changed": [
+            after[p]
+            for p in sorted(after.keys() & before.keys())
+            if after[p]["sha256"] != before[p]["sha256"]
+        ],
     }
     classes = sorted({f["label"] for f in (*old["files"], *new["files"])})
     per_class = {}
     for name in classes:
         entry = {kind: sum(f["label"] == name for f in files) for kind, files in kinds.items()}
-        entry["examples"] = {kind: [f["path"] for f in files if f["label"] == name][:EXAMPLES]
-                             for kind, files in kinds.items()}
+        entry["examples"] = {
+            kind: [f["path"] for f in files if f["label"] == name][:EXAMPLES] for kind, files in kinds.items()
+        }
         per_class[name] = entry
     changed = len(kinds["changed"])
     return {
@@ -137,5 +153,8 @@ def data_changes(
     except (NotFound, StoreError) as e:
         return {**result, "note": f"cannot read a snapshot to compare: {e}"}
     same = old["id"] == new["id"]
-    return {**result, **diff_snapshots(old, new),
-            "note": "same images as the champion's data" if same else "the data changed since the champion's"}
+    return {
+        **result,
+        **diff_snapshots(old, new),
+        "note": "same images as the champion's data" if same else "the data changed since the champion's",
+    }

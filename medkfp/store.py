@@ -168,8 +168,9 @@ class Store:
         data = self.get_bytes(key)
         return data, sha256_hex(data)
 
-    def put_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False,
-                     if_match: str | None = None) -> str:
+    def put_bytes_if(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         """Write `data` only if the key is absent (if_none_match) or still has ETag `if_match`.
 
         Returns the new ETag. Raises PreconditionFailed when another writer got there
@@ -218,7 +219,7 @@ class Store:
         local_dir = Path(local_dir)
         paths = []
         for key in self.list_keys(prefix):
-            path = local_dir / key[len(prefix):]
+            path = local_dir / key[len(prefix) :]
             path.parent.mkdir(parents=True, exist_ok=True)
             self.get_file(key, path)
             paths.append(path)
@@ -306,8 +307,9 @@ class LocalStore(Store):
             raise NotFound(f"not found in store: {self.uri_for(key)}") from None
         return data, sha256_hex(data)
 
-    def put_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False,
-                     if_match: str | None = None) -> str:
+    def put_bytes_if(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -434,8 +436,13 @@ class S3Store(Store):
                     f"({RETRY_SECONDS_ENV} sets how long to retry)"
                 ) from None
             if attempt == 0:
-                log.warning("S3 endpoint %s: %s on %s; retrying for up to %.0f s",
-                            self.endpoint, problem, what, budget)
+                log.warning(
+                    "S3 endpoint %s: %s on %s; retrying for up to %.0f s",
+                    self.endpoint,
+                    problem,
+                    what,
+                    budget,
+                )
             # Exponential backoff with jitter, so writers restarting together spread out.
             delay = min(0.25 * 2**attempt, 5.0) * (0.5 + random.random())
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
@@ -502,9 +509,7 @@ class S3Store(Store):
         strip = len(self.prefix) + 1 if self.prefix else 0
 
         def names():
-            objects = self.client.list_objects(
-                bucket_name=self.bucket, prefix=full, recursive=True
-            )
+            objects = self.client.list_objects(bucket_name=self.bucket, prefix=full, recursive=True)
             return sorted(o.object_name[strip:] for o in objects)
 
         return self._call(self.uri_for(prefix), names)
@@ -536,9 +541,16 @@ class S3Store(Store):
         def infos():
             objects = self.client.list_objects(bucket_name=self.bucket, prefix=full, recursive=True)
             return sorted(
-                (ObjectInfo(o.object_name[strip:], int(o.size or 0), (o.etag or "").strip('"') or None,
-                            o.last_modified.isoformat(timespec="seconds") if o.last_modified else None)
-                 for o in objects if not o.is_dir),
+                (
+                    ObjectInfo(
+                        o.object_name[strip:],
+                        int(o.size or 0),
+                        (o.etag or "").strip('"') or None,
+                        o.last_modified.isoformat(timespec="seconds") if o.last_modified else None,
+                    )
+                    for o in objects
+                    if not o.is_dir
+                ),
                 key=lambda o: o.key,
             )
 
@@ -561,21 +573,25 @@ class S3Store(Store):
         if self.endpoint not in _CONDITIONAL:
             probe = self._key(f".medkfp-probe/{uuid.uuid4().hex}")
             put = lambda: self.client._put_object(  # noqa: E731
-                self.bucket, probe, b"probe", headers={"If-None-Match": "*"})
+                self.bucket, probe, b"probe", headers={"If-None-Match": "*"}
+            )
             self._call(self.uri_for(probe), put)
             try:
                 self._call(self.uri_for(probe), put)
                 _CONDITIONAL[self.endpoint] = False
-                log.warning("S3 endpoint %s ignores If-None-Match: concurrent writers use a lease",
-                            self.endpoint)
+                log.warning(
+                    "S3 endpoint %s ignores If-None-Match: concurrent writers use a lease", self.endpoint
+                )
             except PreconditionFailed:
                 _CONDITIONAL[self.endpoint] = True
-            self._call(self.uri_for(probe), self.client.remove_object,
-                       bucket_name=self.bucket, object_name=probe)
+            self._call(
+                self.uri_for(probe), self.client.remove_object, bucket_name=self.bucket, object_name=probe
+            )
         return _CONDITIONAL[self.endpoint]
 
-    def put_bytes_if(self, key: str, data: bytes, *, if_none_match: bool = False,
-                     if_match: str | None = None) -> str:
+    def put_bytes_if(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         if not self.conditional_writes:
             return self._leased_put_if(key, data, if_none_match, if_match)
         # put_object's `metadata` would turn these into x-amz-meta-* headers: PutObject itself
@@ -646,4 +662,3 @@ def _minio_client(endpoint: str):
         region=next((os.environ[name] for name in vocab.REGION_ENVS if os.environ.get(name)), "us-east-1"),
         http_client=http,
     )
-

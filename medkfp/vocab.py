@@ -65,8 +65,14 @@ DEFAULT_IMAGE_SIZE = 64
 
 # How Candidate.from_dict casts grid values (other fields are strings).
 _FIELD_TYPES = {
-    "batch_size": int, "learning_rate": float, "epochs": int, "image_size": int,
-    "freeze_backbone": bool, "dense_units": int, "min_steps": int, "warmup_steps": int,
+    "batch_size": int,
+    "learning_rate": float,
+    "epochs": int,
+    "image_size": int,
+    "freeze_backbone": bool,
+    "dense_units": int,
+    "min_steps": int,
+    "warmup_steps": int,
 }
 
 
@@ -112,11 +118,9 @@ class Candidate:
         unknown = set(d) - set(types) - {"name"}
         if unknown:
             raise InvalidInput(
-                f"grid entry {d!r}: unknown key(s) {', '.join(sorted(unknown))}; "
-                f"use {', '.join(types)}"
+                f"grid entry {d!r}: unknown key(s) {', '.join(sorted(unknown))}; use {', '.join(types)}"
             )
         return cls(**{k: None if v is None else types[k](v) for k, v in d.items() if k in types})
-
 
 
 def _paper(architecture: str, balancing: str, **settings) -> Candidate:
@@ -156,8 +160,14 @@ GRIDS: dict[str, tuple[Candidate, ...]] = {
     # QUICK_MIN_STEPS optimizer steps whatever its split's size (an undersampled split of 40
     # images per class is only ~7 batches an epoch) and warms up its learning rate.
     "quick": tuple(
-        Candidate("simple-cnn", b, batch_size=16, learning_rate=3e-3, min_steps=QUICK_MIN_STEPS,
-                  warmup_steps=QUICK_WARMUP_STEPS)
+        Candidate(
+            "simple-cnn",
+            b,
+            batch_size=16,
+            learning_rate=3e-3,
+            min_steps=QUICK_MIN_STEPS,
+            warmup_steps=QUICK_WARMUP_STEPS,
+        )
         for b in ("none", "undersample", "oversample")
     ),
 }
@@ -245,8 +255,14 @@ ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
 SESSION_TOKEN_ENV = "AWS_SESSION_TOKEN"
 REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
-S3_ENVIRONMENT = (S3_ENDPOINT_ENV, ENDPOINT_ENV, ACCESS_KEY_ENV, SECRET_KEY_ENV, SESSION_TOKEN_ENV,
-                  *REGION_ENVS)
+S3_ENVIRONMENT = (
+    S3_ENDPOINT_ENV,
+    ENDPOINT_ENV,
+    ACCESS_KEY_ENV,
+    SECRET_KEY_ENV,
+    SESSION_TOKEN_ENV,
+    *REGION_ENVS,
+)
 # The project's own settings, all MEDKFP_*: they travel into step containers with the above.
 PROJECT_ENVIRONMENT_PREFIX = "MEDKFP_"
 STORE_ENV = "MEDKFP_STORE"

@@ -34,9 +34,15 @@ DEFAULT_WEIGHTS = ""
 TRAIN_PARALLELISM = 3
 
 
-
-def _parameter(help: str, default=MISSING, *, flag: str = "", choices: tuple = (), cli_note: str = "",
-               default_factory=MISSING):
+def _parameter(
+    help: str,
+    default=MISSING,
+    *,
+    flag: str = "",
+    choices: tuple = (),
+    cli_note: str = "",
+    default_factory=MISSING,
+):
     """A RunConfig field: `help` is the KFP run form's description and, with `cli_note`, the flag's."""
     metadata = {"help": help, "flag": flag, "choices": choices, "cli_note": cli_note}
     if default_factory is not MISSING:
@@ -52,8 +58,9 @@ class RunConfig:
     Raises InvalidInput for a dataset or label that cannot work.
     """
 
-    dataset: str = _parameter("Layout of the source: covid19-radiography, mias, imagefolder or dicom.",
-                              choices=vocab.DATASETS)
+    dataset: str = _parameter(
+        "Layout of the source: covid19-radiography, mias, imagefolder or dicom.", choices=vocab.DATASETS
+    )
     source: str = _parameter(
         "The raw images: s3://bucket/prefix (or a folder, .zip or .tar(.gz) the pods can read)."
     )
@@ -61,31 +68,39 @@ class RunConfig:
     model_name: str = _parameter(
         "Served model name; empty: the dataset's (imagefolder: the folder's name).", "", flag="--name"
     )
-    grid: str = _parameter("Candidates to train: quick, paper, or a JSON list of candidate settings.",
-                           DEFAULT_GRID, cli_note="On the command line also a JSON/YAML grid file.")
+    grid: str = _parameter(
+        "Candidates to train: quick, paper, or a JSON list of candidate settings.",
+        DEFAULT_GRID,
+        cli_note="On the command line also a JSON/YAML grid file.",
+    )
     epochs: int = _parameter("Epochs of every candidate; 0: each candidate's own.", DEFAULT_EPOCHS)
     image_size: int = _parameter(
         "Training size in pixels; 0: the grid's (paper: 224 or 256), else 64.", DEFAULT_IMAGE_SIZE
     )
-    test_fraction: float = _parameter("Share of the images held out for the test split (0-1).",
-                                      DEFAULT_TEST_FRACTION)
-    val_fraction: float = _parameter("Share of the remaining images used for validation (0-1).",
-                                     DEFAULT_VAL_FRACTION)
+    test_fraction: float = _parameter(
+        "Share of the images held out for the test split (0-1).", DEFAULT_TEST_FRACTION
+    )
+    val_fraction: float = _parameter(
+        "Share of the remaining images used for validation (0-1).", DEFAULT_VAL_FRACTION
+    )
     seed: int = _parameter("Seed of the split, the balancing and training.", DEFAULT_SEED)
-    min_delta: float = _parameter("Push only if the best candidate beats the served model by this much.",
-                                  DEFAULT_MIN_DELTA)
+    min_delta: float = _parameter(
+        "Push only if the best candidate beats the served model by this much.", DEFAULT_MIN_DELTA
+    )
     label: str = _parameter("What to predict: class, or severity (mias only).", "class", choices=vocab.LABELS)
     max_rejected_fraction: float = _parameter(
         "Stop when more than this share of the files found is rejected (0-1).",
         vocab.DEFAULT_MAX_REJECTED_FRACTION,
     )
     selection_metric: str = _parameter(
-        "Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).", DEFAULT_SELECTION_METRIC,
+        "Metric that picks the best candidate (macro_f1, balanced_accuracy, ...).",
+        DEFAULT_SELECTION_METRIC,
         choices=vocab.SELECTION_METRICS,
     )
     min_recall: dict = _parameter(
         'Recall floors per class the pushed model must meet, e.g. {"COVID": 0.95}.',
-        default_factory=dict, cli_note="On the command line: CLASS=X, repeatable.",
+        default_factory=dict,
+        cli_note="On the command line: CLASS=X, repeatable.",
     )
     weights: str = _parameter(
         "Backbone weights of every candidate: imagenet, none or a weights file URI; empty: the grid's.",
@@ -138,10 +153,14 @@ def run_parameters_signature() -> inspect.Signature:
     parameters = []
     for f in fields(RunConfig):
         default = f.default_factory() if f.default_factory is not MISSING else f.default
-        parameters.append(inspect.Parameter(
-            f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=types[f.name],
-            default=inspect.Parameter.empty if default is MISSING else default,
-        ))
+        parameters.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=types[f.name],
+                default=inspect.Parameter.empty if default is MISSING else default,
+            )
+        )
     return inspect.Signature(parameters, return_annotation=str)
 
 

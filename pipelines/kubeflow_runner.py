@@ -43,8 +43,10 @@ TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 # Where a pod's projected KFP service-account token is (kfp.client's KF_PIPELINES_SA_TOKEN_PATH):
 # spelled here so that commands that fail before connecting never load kfp.
 POD_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
-HOST_HINT = ("check --host (the KFP UI or API URL, e.g. a port-forward: kubectl port-forward -n kubeflow "
-             "svc/ml-pipeline-ui 8080:80, then --host http://localhost:8080) and that the cluster is up")
+HOST_HINT = (
+    "check --host (the KFP UI or API URL, e.g. a port-forward: kubectl port-forward -n kubeflow "
+    "svc/ml-pipeline-ui 8080:80, then --host http://localhost:8080) and that the cluster is up"
+)
 TOKEN_HINT = "pass a token allowed to use it: --token-file FILE, --token TOKEN or $" + TOKEN_PATH_ENV
 CRON_EXAMPLE = '--cron "0 0 2 * * *" (every day at 02:00:00)'
 EVERY_EXAMPLE = "--every 24h (or 30m, 1h30m, 7d, 90s)"
@@ -238,8 +240,13 @@ def _network_reason(error: Exception) -> str:
     # NewConnectionError is a ConnectTimeoutError in urllib3 2: it must be told apart first.
     if isinstance(reason, urllib3.exceptions.NewConnectionError):
         text = str(reason)
-        for known in ("Connection refused", "Name or service not known", "No route to host",
-                      "nodename nor servname provided", "Temporary failure in name resolution"):
+        for known in (
+            "Connection refused",
+            "Name or service not known",
+            "No route to host",
+            "nodename nor servname provided",
+            "Temporary failure in name resolution",
+        ):
             if known in text:
                 return known.lower()
         return text.rsplit(": ", 1)[-1][:120]
@@ -264,8 +271,10 @@ def _refusal(host: str, error, namespace: str | None, what: str) -> KfpError:
         return KfpError(f"the KFP API at {host} refused to {what} ({detail}): {TOKEN_HINT}{scope}")
     if 300 <= status < 400:
         location = (error.headers or {}).get("Location", "elsewhere")
-        return KfpError(f"the KFP API at {host} redirects to {location} (a login page?) instead of "
-                        f"answering: {TOKEN_HINT}")
+        return KfpError(
+            f"the KFP API at {host} redirects to {location} (a login page?) instead of "
+            f"answering: {TOKEN_HINT}"
+        )
     if status == 404 and what == "answer its health check":
         return KfpError(f"no KFP API at {host} (404 for /apis/v2beta1/healthz): {HOST_HINT}")
     return KfpError(f"the KFP API at {host} could not {what} ({detail})")
@@ -303,17 +312,21 @@ class KubeflowRunner:
             try:
                 token = Path(self.target.token_file).read_text().strip()
             except OSError as e:
-                raise InvalidInput(f"--token-file {self.target.token_file}: cannot read it ({e.strerror})"
-                                 ) from None
+                raise InvalidInput(
+                    f"--token-file {self.target.token_file}: cannot read it ({e.strerror})"
+                ) from None
             if not token:
-                raise InvalidInput(f"--token-file {self.target.token_file} is empty: write the bearer token "
-                                 "in it")
+                raise InvalidInput(
+                    f"--token-file {self.target.token_file} is empty: write the bearer token in it"
+                )
             return token, None
         path = os.environ.get(TOKEN_PATH_ENV)
         if path:
             if not os.access(path, os.R_OK):
-                raise InvalidInput(f"${TOKEN_PATH_ENV}={path}: cannot read the token there; point it at "
-                                 "the projected service-account token or unset it")
+                raise InvalidInput(
+                    f"${TOKEN_PATH_ENV}={path}: cannot read the token there; point it at "
+                    "the projected service-account token or unset it"
+                )
             return None, _token_volume_credentials(path)
         if os.access(POD_TOKEN_PATH, os.R_OK):  # in a pod with the projected token
             return None, _token_volume_credentials(POD_TOKEN_PATH)
@@ -339,8 +352,9 @@ class KubeflowRunner:
         except kfp_server_api.ApiException as e:
             raise _refusal(self.host, e, self._namespace, "answer its health check") from None
         except urllib3.exceptions.HTTPError as e:
-            raise KfpError(f"cannot reach the KFP API at {self.host} ({_network_reason(e)}): "
-                           f"{HOST_HINT}") from None
+            raise KfpError(
+                f"cannot reach the KFP API at {self.host} ({_network_reason(e)}): {HOST_HINT}"
+            ) from None
         except ValueError as e:  # a 200 that is not the API's JSON, e.g. an HTML page
             raise KfpError(f"{self.host} answers, but not as the KFP API ({e}): {HOST_HINT}") from None
 
@@ -355,13 +369,16 @@ class KubeflowRunner:
             with quiet(), self.api("connect"):
                 # kfp.Client treats namespace "kubeflow" as "not given" and then looks it up itself.
                 self._client = kfp.Client(
-                    host=self.host, namespace=self._namespace or "kubeflow",
-                    existing_token=token, credentials=credentials,
+                    host=self.host,
+                    namespace=self._namespace or "kubeflow",
+                    existing_token=token,
+                    credentials=credentials,
                 )
             self._namespace = self._namespace or self._client.get_user_namespace() or None
             if getattr(health, "multi_user", False) and not self._namespace:
-                raise InvalidInput(f"the KFP at {self.host} is multi-user: pass --namespace (your profile "
-                                 "namespace)")
+                raise InvalidInput(
+                    f"the KFP at {self.host} is multi-user: pass --namespace (your profile namespace)"
+                )
         return self._client
 
     @contextlib.contextmanager
@@ -375,8 +392,9 @@ class KubeflowRunner:
         except kfp_server_api.ApiException as e:
             raise _refusal(self.host, e, self._namespace, what) from None
         except urllib3.exceptions.HTTPError as e:
-            raise KfpError(f"lost the KFP API at {self.host} trying to {what} ({_network_reason(e)}): "
-                           f"{HOST_HINT}") from None
+            raise KfpError(
+                f"lost the KFP API at {self.host} trying to {what} ({_network_reason(e)}): {HOST_HINT}"
+            ) from None
 
     def _all(self, list_page, items: str) -> list:
         """Every item of a paginated list call: list_page(page_token) -> response with `items`."""
@@ -401,9 +419,15 @@ class KubeflowRunner:
     def find_pipeline(self) -> str | None:
         """The id of the pipeline named configs.PIPELINE_NAME, or None."""
         with self.api(f"list pipelines named {c.PIPELINE_NAME}"):
-            pipelines = self._all(lambda token: self.client.list_pipelines(
-                page_token=token, page_size=PAGE_SIZE, filter=self._name_filter(c.PIPELINE_NAME),
-                namespace=self._namespace), "pipelines")
+            pipelines = self._all(
+                lambda token: self.client.list_pipelines(
+                    page_token=token,
+                    page_size=PAGE_SIZE,
+                    filter=self._name_filter(c.PIPELINE_NAME),
+                    namespace=self._namespace,
+                ),
+                "pipelines",
+            )
         ids = [p.pipeline_id for p in pipelines if p.display_name == c.PIPELINE_NAME]
         if len(ids) > 1:
             raise KfpError(f"{len(ids)} pipelines named {c.PIPELINE_NAME} at {self.host}: delete all but one")
@@ -411,8 +435,12 @@ class KubeflowRunner:
 
     def _find_version(self, pipeline_id: str, name: str) -> str | None:
         with self.api(f"list the versions of pipeline {pipeline_id}"):
-            versions = self._all(lambda token: self.client.list_pipeline_versions(
-                pipeline_id, page_token=token, page_size=PAGE_SIZE), "pipeline_versions")
+            versions = self._all(
+                lambda token: self.client.list_pipeline_versions(
+                    pipeline_id, page_token=token, page_size=PAGE_SIZE
+                ),
+                "pipeline_versions",
+            )
         for v in versions:
             if name in (v.display_name, v.name):
                 return v.pipeline_version_id
@@ -427,7 +455,8 @@ class KubeflowRunner:
         pipeline_id = self.find_pipeline()
         if pipeline_id is None:
             pipeline = kfp_server_api.V2beta1Pipeline(
-                display_name=c.PIPELINE_NAME, description=c.PIPELINE_DESCRIPTION, namespace=self._namespace)
+                display_name=c.PIPELINE_NAME, description=c.PIPELINE_DESCRIPTION, namespace=self._namespace
+            )
             try:
                 with self.api(f"create pipeline {c.PIPELINE_NAME}"):
                     created = self.client.pipelines.pipeline_service_create_pipeline(pipeline=pipeline)
@@ -443,7 +472,8 @@ class KubeflowRunner:
         try:
             with quiet(), self.api(f"upload pipeline version {name}"):
                 version = self.client.upload_pipeline_version(
-                    str(path), name, pipeline_id=pipeline_id, description=f"compiled spec sha256 {digest}")
+                    str(path), name, pipeline_id=pipeline_id, description=f"compiled spec sha256 {digest}"
+                )
         except KfpError:
             version_id = self._find_version(pipeline_id, name)  # another submit uploaded it meanwhile
             if version_id is None:
@@ -468,16 +498,24 @@ class KubeflowRunner:
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         with quiet(), self.api("create the run"):
             run = self.client.run_pipeline(
-                experiment_id, f"{arguments.get('model_name') or c.PIPELINE_NAME} {started}",
-                params=arguments, pipeline_id=pipeline_id, version_id=version_id,
+                experiment_id,
+                f"{arguments.get('model_name') or c.PIPELINE_NAME} {started}",
+                params=arguments,
+                pipeline_id=pipeline_id,
+                version_id=version_id,
             )
         return {
-            "pipeline_id": pipeline_id, "pipeline_version_id": version_id, "uploaded": uploaded,
-            "experiment_id": experiment_id, "run_id": run.run_id, "run_url": self.run_url(run.run_id),
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": version_id,
+            "uploaded": uploaded,
+            "experiment_id": experiment_id,
+            "run_id": run.run_id,
+            "run_url": self.run_url(run.run_id),
         }
 
-    def wait(self, run_id: str, timeout: float = DEFAULT_WAIT_TIMEOUT,
-             poll: float = WAIT_POLL_SECONDS) -> str:
+    def wait(
+        self, run_id: str, timeout: float = DEFAULT_WAIT_TIMEOUT, poll: float = WAIT_POLL_SECONDS
+    ) -> str:
         """Follow a run until it ends; returns "SUCCEEDED". Raises KfpError when it ends otherwise
         (FAILED, CANCELED, SKIPPED) or is still running after `timeout` seconds.
 
@@ -493,13 +531,16 @@ class KubeflowRunner:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                raise KfpError(f"run {run_id} is still {state or 'pending'} after {timeout:.0f} s: follow it "
-                               f"at {self.run_url(run_id)}")
+                raise KfpError(
+                    f"run {run_id} is still {state or 'pending'} after {timeout:.0f} s: follow it "
+                    f"at {self.run_url(run_id)}"
+                )
             time.sleep(min(poll, left))
         if state != "SUCCEEDED":
             why = f" ({run.error.message})" if run.error is not None and run.error.message else ""
-            raise KfpError(f"run {run_id} ended {state}{why}: the failed step's logs are at "
-                           f"{self.run_url(run_id)}")
+            raise KfpError(
+                f"run {run_id} ended {state}{why}: the failed step's logs are at {self.run_url(run_id)}"
+            )
         return state
 
     # recurring runs
@@ -510,20 +551,30 @@ class KubeflowRunner:
         if pipeline_id is None:
             return []
         with self.api("list recurring runs"):
-            runs = self._all(lambda token: self.client.list_recurring_runs(
-                page_token=token, page_size=PAGE_SIZE, namespace=self._namespace,
-                filter=self._name_filter(name) if name else None), "recurring_runs")
-        return [r for r in runs
-                if r.pipeline_version_reference is not None
-                and r.pipeline_version_reference.pipeline_id == pipeline_id
-                and (name is None or r.display_name == name)]
+            runs = self._all(
+                lambda token: self.client.list_recurring_runs(
+                    page_token=token,
+                    page_size=PAGE_SIZE,
+                    namespace=self._namespace,
+                    filter=self._name_filter(name) if name else None,
+                ),
+                "recurring_runs",
+            )
+        return [
+            r
+            for r in runs
+            if r.pipeline_version_reference is not None
+            and r.pipeline_version_reference.pipeline_id == pipeline_id
+            and (name is None or r.display_name == name)
+        ]
 
     @staticmethod
     def _same(recurring_run, version_id: str, experiment_id: str, trigger: Trigger, arguments: dict) -> bool:
         ref = recurring_run.pipeline_version_reference
         parameters = recurring_run.runtime_config.parameters if recurring_run.runtime_config else None
         return (
-            ref is not None and ref.pipeline_version_id == version_id
+            ref is not None
+            and ref.pipeline_version_id == version_id
             and recurring_run.experiment_id == experiment_id
             and Trigger.of(recurring_run) == trigger
             and _normalized(parameters or {}) == _normalized(arguments)
@@ -532,8 +583,14 @@ class KubeflowRunner:
             and recurring_run.mode in (None, "ENABLE")
         )
 
-    def schedule_create(self, name: str, trigger: Trigger, arguments: dict, options: CompileOptions,
-                        experiment: str = DEFAULT_EXPERIMENT) -> dict:
+    def schedule_create(
+        self,
+        name: str,
+        trigger: Trigger,
+        arguments: dict,
+        options: CompileOptions,
+        experiment: str = DEFAULT_EXPERIMENT,
+    ) -> dict:
         """Make `name` the one recurring run with this spec, these parameters and this trigger.
 
         Nothing changes when exactly that exists. Otherwise the new recurring run is created first and
@@ -553,12 +610,18 @@ class KubeflowRunner:
             model = arguments.get("model_name") or arguments.get("dataset")
             with self.api(f"create recurring run {name}"):
                 keep = self.client.create_recurring_run(
-                    experiment_id, name,
+                    experiment_id,
+                    name,
                     description=f"medkfp: retrain {model} on {arguments.get('source')} "
-                                f"({trigger.describe()})",
-                    cron_expression=trigger.cron, interval_second=trigger.interval_seconds,
-                    max_concurrency=MAX_CONCURRENCY, no_catchup=NO_CATCHUP, params=arguments,
-                    pipeline_id=pipeline_id, version_id=version_id, enabled=True,
+                    f"({trigger.describe()})",
+                    cron_expression=trigger.cron,
+                    interval_second=trigger.interval_seconds,
+                    max_concurrency=MAX_CONCURRENCY,
+                    no_catchup=NO_CATCHUP,
+                    params=arguments,
+                    pipeline_id=pipeline_id,
+                    version_id=version_id,
+                    enabled=True,
                 )
         stale = [r for r in existing if r.recurring_run_id != keep.recurring_run_id]
         for old in stale:
@@ -571,17 +634,19 @@ class KubeflowRunner:
         rows = []
         for r in self._recurring_runs():
             trigger = Trigger.of(r)
-            rows.append({
-                "schedule": r.display_name,
-                "recurring_run_id": r.recurring_run_id,
-                "cron": trigger.cron if trigger else None,
-                "interval_seconds": trigger.interval_seconds if trigger else None,
-                "enabled": r.mode in (None, "ENABLE"),
-                "pipeline_version_id": r.pipeline_version_reference.pipeline_version_id,
-                "experiment_id": r.experiment_id,
-                "parameters": (r.runtime_config.parameters if r.runtime_config else None) or {},
-                "created_at": r.created_at.isoformat() if r.created_at else None,
-            })
+            rows.append(
+                {
+                    "schedule": r.display_name,
+                    "recurring_run_id": r.recurring_run_id,
+                    "cron": trigger.cron if trigger else None,
+                    "interval_seconds": trigger.interval_seconds if trigger else None,
+                    "enabled": r.mode in (None, "ENABLE"),
+                    "pipeline_version_id": r.pipeline_version_reference.pipeline_version_id,
+                    "experiment_id": r.experiment_id,
+                    "parameters": (r.runtime_config.parameters if r.runtime_config else None) or {},
+                    "created_at": r.created_at.isoformat() if r.created_at else None,
+                }
+            )
         return sorted(rows, key=lambda row: row["schedule"] or "")
 
     def schedule_delete(self, name: str) -> list[str]:

@@ -83,7 +83,11 @@ def wire(p: SimpleNamespace) -> str:
     """The graph, from the run parameters `p` (KFP's pipeline channels at compile time)."""
     candidates = in_container(
         grid_step.grid(
-            grid=p.grid, dataset=p.dataset, epochs=p.epochs, image_size=p.image_size, weights=p.weights,
+            grid=p.grid,
+            dataset=p.dataset,
+            epochs=p.epochs,
+            image_size=p.image_size,
+            weights=p.weights,
             freeze_backbone=p.freeze_backbone,
         )
     )
@@ -101,8 +105,9 @@ def wire(p: SimpleNamespace) -> str:
             labels=p.labels,
         )
     )
-    kubernetes.use_secret_as_env(ingest, secret_name=c.DEID_SECRET, secret_key_to_env=c.DEID_SECRET_ENV,
-                                 optional=True)
+    kubernetes.use_secret_as_env(
+        ingest, secret_name=c.DEID_SECRET, secret_key_to_env=c.DEID_SECRET_ENV, optional=True
+    )
     preprocess = with_store_credentials(
         preprocess_step.preprocess(
             manifest=ingest.outputs["manifest"],

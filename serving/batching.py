@@ -54,8 +54,9 @@ class BatchingParameters:
     def __post_init__(self):
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
             if getattr(self, name) < 1:
-                raise BatchingConfigError(f"batching parameter {name} must be at least 1, "
-                                          f"got {getattr(self, name)}")
+                raise BatchingConfigError(
+                    f"batching parameter {name} must be at least 1, got {getattr(self, name)}"
+                )
         if not 0 <= self.batch_timeout_micros <= 10_000_000:
             raise BatchingConfigError(
                 f"batching parameter batch_timeout_micros must be 0-10000000 (10 s), "
@@ -85,7 +86,9 @@ def _batching_parameters_class():
     from google.protobuf import wrappers_pb2
 
     proto = descriptor_pb2.FileDescriptorProto(
-        name="medkfp/batching_parameters.proto", package="medkfp.tfserving", syntax="proto3",
+        name="medkfp/batching_parameters.proto",
+        package="medkfp.tfserving",
+        syntax="proto3",
         dependency=["google/protobuf/wrappers.proto"],
     )
     message = proto.message_type.add(name="BatchingParameters")
@@ -129,8 +132,11 @@ def read_batching_parameters(
         ) from None
     ignored = [f.name for f, _ in message.ListFields() if f.name not in _SUPPORTED]
     if ignored:
-        log.warning("batching parameters file %s: %s not supported by the built-in server, ignored",
-                    path, ", ".join(ignored))
+        log.warning(
+            "batching parameters file %s: %s not supported by the built-in server, ignored",
+            path,
+            ", ".join(ignored),
+        )
     values = {name: getattr(message, name).value for name in _SUPPORTED if message.HasField(name)}
     return BatchingParameters(**{**defaults.__dict__, **values})
 

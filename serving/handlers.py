@@ -233,8 +233,9 @@ def _select_outputs(outputs: dict, output_filter, where: str) -> list[str]:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata over the manager's loaded models."""
 
-    def __init__(self, manager: ModelManager, limits: RequestLimits | None = None,
-                 batcher: Batcher | None = None):
+    def __init__(
+        self, manager: ModelManager, limits: RequestLimits | None = None, batcher: Batcher | None = None
+    ):
         self.manager = manager
         self.limits = limits or RequestLimits()
         self.batcher = batcher

@@ -148,8 +148,9 @@ class ModelServer:
         self.stop()
 
 
-def start_server(store_uri: str | Store | None, options: ServerOptions | None = None,
-                 **overrides) -> ModelServer:
+def start_server(
+    store_uri: str | Store | None, options: ServerOptions | None = None, **overrides
+) -> ModelServer:
     """Start a server in this process without blocking.
 
     `store_uri` is a store URI or a Store (e.g. a serving-sync MirrorStore); `options`

@@ -34,7 +34,7 @@ def find_binary() -> str | None:
 
 
 def choose_engine(engine: str) -> str:
-    """"builtin" or "tensorflow-serving" for --engine auto|builtin|tensorflow-serving.
+    """ "builtin" or "tensorflow-serving" for --engine auto|builtin|tensorflow-serving.
 
     auto picks TF Serving when its binary is on PATH. Raises ServeError when TF Serving is
     asked for and not installed.

@@ -86,8 +86,9 @@ class KfpApiDouble:
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> KfpApiDouble:
         self.thread.start()
@@ -101,8 +102,11 @@ class KfpApiDouble:
 
     def calls(self, method: str | None = None, path_prefix: str = "") -> list[Request]:
         """Recorded requests, optionally of one method and under a path (relative to /apis/v2beta1)."""
-        return [r for r in self.requests
-                if (method is None or r.method == method) and r.path.startswith(API + path_prefix)]
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method) and r.path.startswith(API + path_prefix)
+        ]
 
     def mutations(self) -> list[Request]:
         """Every POST, PATCH or DELETE recorded."""
@@ -156,9 +160,12 @@ class KfpApiDouble:
             return None
         if content_type.startswith("multipart/form-data"):
             message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
-            return {part.get_param("name", header="content-disposition"): part.get_content()
-                    for part in message.iter_parts()}
+                f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+            )
+            return {
+                part.get_param("name", header="content-disposition"): part.get_content()
+                for part in message.iter_parts()
+            }
         return json.loads(raw)
 
     # routes
@@ -191,7 +198,7 @@ class KfpApiDouble:
                 items = [i for i in items if i.get(p["key"]) == p.get("stringValue")]
         size = int((r.query.get("page_size") or ["20"])[0]) or 20
         start = int((r.query.get("page_token") or ["0"])[0] or 0)
-        answer = {key: items[start:start + size], "total_size": len(items)}
+        answer = {key: items[start : start + size], "total_size": len(items)}
         if start + size < len(items):
             answer["next_page_token"] = str(start + size)
         return answer
@@ -217,8 +224,9 @@ class KfpApiDouble:
             pipeline_id = self._param(r, "pipelineid")
             if pipeline_id not in self.pipelines:
                 raise ApiError(404, f"pipeline {pipeline_id} not found")
-            return self._new_version(pipeline_id, self._param(r, "name"), self._uploaded_spec(r),
-                                     self._param(r, "description"))
+            return self._new_version(
+                pipeline_id, self._param(r, "name"), self._uploaded_spec(r), self._param(r, "description")
+            )
         if len(parts) >= 1 and parts[0] not in self.pipelines:
             raise ApiError(404, f"pipeline {parts[0]} not found")
         if len(parts) == 1 and m == "GET":
@@ -238,8 +246,13 @@ class KfpApiDouble:
             raise ApiError(400, "a pipeline needs a name")
         if any(p["display_name"] == name for p in self.pipelines.values()):
             raise ApiError(409, f"pipeline {name} already exists")
-        pipeline = {"pipeline_id": new_id(), "display_name": name, "name": name,
-                    "description": description or "", "created_at": now()}
+        pipeline = {
+            "pipeline_id": new_id(),
+            "display_name": name,
+            "name": name,
+            "description": description or "",
+            "created_at": now(),
+        }
         if namespace:
             pipeline["namespace"] = namespace
         self.pipelines[pipeline["pipeline_id"]] = pipeline
@@ -264,8 +277,15 @@ class KfpApiDouble:
             raise ApiError(400, "a pipeline version needs a name")
         if any(v["pipeline_id"] == pipeline_id and v["display_name"] == name for v in self.versions.values()):
             raise ApiError(409, f"pipeline version {name} already exists")
-        version = {"pipeline_id": pipeline_id, "pipeline_version_id": new_id(), "display_name": name,
-                   "name": name, "description": description or "", "created_at": now(), "pipeline_spec": spec}
+        version = {
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": new_id(),
+            "display_name": name,
+            "name": name,
+            "description": description or "",
+            "created_at": now(),
+            "pipeline_spec": spec,
+        }
         self.versions[version["pipeline_version_id"]] = version
         self.specs[version["pipeline_version_id"]] = spec
         return version
@@ -281,8 +301,12 @@ class KfpApiDouble:
                 raise ApiError(400, "experiment display_name is required")
             if any(e["display_name"] == name for e in self.experiments.values()):
                 raise ApiError(409, f"experiment {name} already exists")
-            experiment = {"experiment_id": new_id(), "display_name": name, "created_at": now(),
-                          "storage_state": "AVAILABLE"}
+            experiment = {
+                "experiment_id": new_id(),
+                "display_name": name,
+                "created_at": now(),
+                "storage_state": "AVAILABLE",
+            }
             if (r.body or {}).get("namespace"):
                 experiment["namespace"] = r.body["namespace"]
             self.experiments[experiment["experiment_id"]] = experiment
@@ -323,8 +347,13 @@ class KfpApiDouble:
     def _runs(self, m: str, parts: list[str], r: Request):
         if not parts and m == "POST":
             self._check_run_body(r.body)
-            run = {**r.body, "run_id": new_id(), "created_at": now(), "state": "PENDING",
-                   "storage_state": "AVAILABLE"}
+            run = {
+                **r.body,
+                "run_id": new_id(),
+                "created_at": now(),
+                "state": "PENDING",
+                "storage_state": "AVAILABLE",
+            }
             self.runs[run["run_id"]] = run
             return run
         if not parts and m == "GET":
@@ -352,19 +381,28 @@ class KfpApiDouble:
                 raise ApiError(400, f"cron {cron!r} must have 6 fields")
             if not 1 <= int(body.get("max_concurrency") or 0) <= 10:
                 raise ApiError(400, "max_concurrency must be between 1 and 10")
-            stored = {**body, "recurring_run_id": new_id(), "created_at": now(), "updated_at": now(),
-                      "status": "ENABLED" if body.get("mode") == "ENABLE" else "DISABLED",
-                      # int64 fields come back as JSON strings, as grpc-gateway writes them
-                      "max_concurrency": str(body["max_concurrency"])}
+            stored = {
+                **body,
+                "recurring_run_id": new_id(),
+                "created_at": now(),
+                "updated_at": now(),
+                "status": "ENABLED" if body.get("mode") == "ENABLE" else "DISABLED",
+                # int64 fields come back as JSON strings, as grpc-gateway writes them
+                "max_concurrency": str(body["max_concurrency"]),
+            }
             if interval:
-                stored["trigger"] = {"periodic_schedule": {**trigger["periodic_schedule"],
-                                                           "interval_second": str(interval)}}
+                stored["trigger"] = {
+                    "periodic_schedule": {**trigger["periodic_schedule"], "interval_second": str(interval)}
+                }
             self.recurring_runs[stored["recurring_run_id"]] = stored
             return stored
         if not parts and m == "GET":
             namespace = self._param(r, "namespace")
-            items = [x for x in self.recurring_runs.values()
-                     if not namespace or x.get("namespace") in (None, namespace)]
+            items = [
+                x
+                for x in self.recurring_runs.values()
+                if not namespace or x.get("namespace") in (None, namespace)
+            ]
             # The real API names this list in camelCase.
             return self._page(items, "recurringRuns", r)
         if len(parts) == 1 and parts[0] not in self.recurring_runs:

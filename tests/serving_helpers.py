@@ -127,8 +127,9 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
         time.sleep(0.05)
 
 
-def stub_predict(channel, model: str, images: list[bytes], timeout: float = 60.0,
-                 **spec) -> predict_pb2.PredictResponse:
+def stub_predict(
+    channel, model: str, images: list[bytes], timeout: float = 60.0, **spec
+) -> predict_pb2.PredictResponse:
     """Predict over `channel` with a client made only of the tensorflow-serving-api stubs;
     `spec` is version=N or label=NAME."""
     request = predict_pb2.PredictRequest()

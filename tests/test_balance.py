@@ -82,8 +82,9 @@ def test_class_weight_keeps_every_image_once_and_hands_over_sklearns_weights(dat
     expected = compute_class_weight("balanced", classes=np.array(list(train_counts)), y=labels)
     assert result["class_weights"] == pytest.approx(dict(zip(train_counts, expected)))
     # the rarest class weighs the most
-    assert max(result["class_weights"], key=result["class_weights"].get) == min(train_counts,
-                                                                                 key=train_counts.get)
+    assert max(result["class_weights"], key=result["class_weights"].get) == min(
+        train_counts, key=train_counts.get
+    )
     assert "class_weights" not in balance(dataset, "none", seed=0)
 
 

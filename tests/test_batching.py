@@ -186,15 +186,24 @@ def store(tmp_path_factory):
     store = LocalStore(tmp_path_factory.mktemp("store"))
     repo = ModelRepository(store)
     for favour in (0, 1):
-        repo.publish("m", export_model(tmp_path_factory.mktemp("export") / "m", favour=favour),
-                     {"class_names": CLASSES})
+        repo.publish(
+            "m",
+            export_model(tmp_path_factory.mktemp("export") / "m", favour=favour),
+            {"class_names": CLASSES},
+        )
     return store
 
 
 @pytest.fixture(scope="module")
 def batched(store, tmp_path_factory):
-    handle = start_server(store.uri, port=0, cache_dir=tmp_path_factory.mktemp("cache"), poll_interval=60,
-                          limits=RequestLimits(max_batch=16), batching=GENEROUS)
+    handle = start_server(
+        store.uri,
+        port=0,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        poll_interval=60,
+        limits=RequestLimits(max_batch=16),
+        batching=GENEROUS,
+    )
     yield handle
     handle.stop()
 
@@ -216,19 +225,21 @@ def predict(server, images: list[bytes], version: int | None = None):
     request.inputs[vocab.INPUT_KEY].CopyFrom(tensor)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
-    return (response.model_spec.version.value,
-            tf.make_ndarray(response.outputs[vocab.OUTPUT_PROBABILITIES]),
-            list(tf.make_ndarray(response.outputs[vocab.OUTPUT_CLASSES])))
+    return (
+        response.model_spec.version.value,
+        tf.make_ndarray(response.outputs[vocab.OUTPUT_PROBABILITIES]),
+        list(tf.make_ndarray(response.outputs[vocab.OUTPUT_CLASSES])),
+    )
 
 
 def test_concurrent_grpc_requests_are_batched_and_answered_as_unbatched(batched, unbatched):
     before = sum(n for size, n in batched.batcher.batch_sizes.items() if size > 1)
-    results = concurrently(CLIENTS, lambda i: predict(batched, IMAGES[i: i + 1], version=1))
+    results = concurrently(CLIENTS, lambda i: predict(batched, IMAGES[i : i + 1], version=1))
 
     assert sum(n for size, n in batched.batcher.batch_sizes.items() if size > 1) > before
     for i, result in enumerate(results):
         version, probabilities, classes = result
-        want_version, want_probabilities, want_classes = predict(unbatched, IMAGES[i: i + 1], version=1)
+        want_version, want_probabilities, want_classes = predict(unbatched, IMAGES[i : i + 1], version=1)
         assert version == want_version == 1
         np.testing.assert_allclose(probabilities, want_probabilities, rtol=1e-5, atol=1e-6)
         assert classes == want_classes
@@ -236,7 +247,7 @@ def test_concurrent_grpc_requests_are_batched_and_answered_as_unbatched(batched,
 
 def test_bad_request_in_a_batch_fails_alone(batched):
     def work(i):
-        return predict(batched, [b"not an image at all"] if i == 5 else IMAGES[i: i + 1])
+        return predict(batched, [b"not an image at all"] if i == 5 else IMAGES[i : i + 1])
 
     results = concurrently(CLIENTS, work)
 
@@ -254,7 +265,7 @@ def test_request_limits_hold_with_batching(batched):
 
 
 def test_versions_never_share_a_batch(batched):
-    results = concurrently(CLIENTS, lambda i: predict(batched, IMAGES[i: i + 1], version=1 + i % 2))
+    results = concurrently(CLIENTS, lambda i: predict(batched, IMAGES[i : i + 1], version=1 + i % 2))
     for i, (version, _, classes) in enumerate(results):
         assert version == 1 + i % 2
         assert classes == [CLASSES[i % 2].encode()]
@@ -278,12 +289,25 @@ def test_serve_batching_flags_reach_the_server(store, tmp_path, monkeypatch):
             handle.stop()
 
     monkeypatch.setattr(server_module, "serve", serve_once)
-    code = main(["serve", "--engine", "builtin", "--store", store.uri, "--enable-batching",
-                 "--batching-parameters-file", str(tmp_path / "b.config"), "--batch-timeout-micros", "2000"])
+    code = main(
+        [
+            "serve",
+            "--engine",
+            "builtin",
+            "--store",
+            store.uri,
+            "--enable-batching",
+            "--batching-parameters-file",
+            str(tmp_path / "b.config"),
+            "--batch-timeout-micros",
+            "2000",
+        ]
+    )
 
     assert code == 0
-    assert seen["parameters"] == BatchingParameters(max_batch_size=4, batch_timeout_micros=2000,
-                                                    max_enqueued_batches=100, num_batch_threads=3)
+    assert seen["parameters"] == BatchingParameters(
+        max_batch_size=4, batch_timeout_micros=2000, max_enqueued_batches=100, num_batch_threads=3
+    )
     assert seen["answer"][0] == 2 and len(seen["answer"][2]) == 2
 
 

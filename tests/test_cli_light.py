@@ -43,22 +43,28 @@ def dataset(tmp_path_factory):
 
 def test_help_and_synth_are_light(tmp_path):
     assert run_cli("--help")[:2] == (0, [])
-    status, loaded, stderr = run_cli("synth", "covid19-radiography", "--out", str(tmp_path / "s"),
-                                     "--per-class", "2", "--size", "16")
+    status, loaded, stderr = run_cli(
+        "synth", "covid19-radiography", "--out", str(tmp_path / "s"), "--per-class", "2", "--size", "16"
+    )
     assert (status, loaded, stderr) == (0, [], "")
 
 
 def test_plan_is_light(dataset):
-    status, loaded, _ = run_cli("plan", "--dataset", "covid19-radiography", "--source", str(dataset),
-                                "--json")
+    status, loaded, _ = run_cli(
+        "plan", "--dataset", "covid19-radiography", "--source", str(dataset), "--json"
+    )
     assert (status, loaded) == (0, [])
 
 
-@pytest.mark.parametrize("args", [
-    ("plan", "--dataset", "covid19-radiography", "--source", "/nonexistent"),
-    ("run", "--dataset", "covid19-radiography", "--source", "/nonexistent"),
-    ("run", "--dataset", "imagefolder", "--source", ".", "--label", "severity"),
-], ids=["plan", "run", "run-label"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("plan", "--dataset", "covid19-radiography", "--source", "/nonexistent"),
+        ("run", "--dataset", "covid19-radiography", "--source", "/nonexistent"),
+        ("run", "--dataset", "imagefolder", "--source", ".", "--label", "severity"),
+    ],
+    ids=["plan", "run", "run-label"],
+)
 def test_errors_are_one_line_and_light(args):
     status, loaded, stderr = run_cli(*args)
     assert (status, loaded) == (2, [])
@@ -67,13 +73,16 @@ def test_errors_are_one_line_and_light(args):
 
 def test_model_repository_commands_are_light(tmp_path):
     store = str(tmp_path / "store")
-    for args in (("models", "list", "--model", "m", "--store", store),
-                 ("models", "rollback", "--model", "m", "--store", store)):
+    for args in (
+        ("models", "list", "--model", "m", "--store", store),
+        ("models", "rollback", "--model", "m", "--store", store),
+    ):
         status, loaded, stderr = run_cli(*args)
         assert (status, loaded) == (2, []), args
         assert_one_error_line(stderr)
-    status, loaded, stderr = run_cli("serving-sync", "--store", store, "--dir", str(tmp_path / "mirror"),
-                                     "--once")
+    status, loaded, stderr = run_cli(
+        "serving-sync", "--store", store, "--dir", str(tmp_path / "mirror"), "--once"
+    )
     assert (status, loaded) == (0, []), stderr
 
 

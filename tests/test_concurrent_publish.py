@@ -15,8 +15,13 @@ from medkfp.model_repository import CONFIG_KEY, LOADED_VERSIONS, RESERVATION_FIL
 from medkfp.store import LocalStore, PreconditionFailed, open_store
 
 METRICS = {"macro_f1": 0.9, "class_names": CLASSES, "per_class": {}}
-METADATA = {"dataset": "shapes", "candidate": {"name": "simple-cnn-none"}, "class_names": CLASSES,
-            "metrics": METRICS, "run_id": "run-c"}
+METADATA = {
+    "dataset": "shapes",
+    "candidate": {"name": "simple-cnn-none"},
+    "class_names": CLASSES,
+    "metrics": METRICS,
+    "run_id": "run-c",
+}
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,10 @@ def test_image_holds_no_compiler(engine, medkfp_image):
 
 def test_image_runs_the_kfp_executor_and_the_servers(engine, medkfp_image):
     status, output = run_in_image(
-        engine, medkfp_image, "python3", "-c",
+        engine,
+        medkfp_image,
+        "python3",
+        "-c",
         "import kfp.dsl.executor_main, medkfp.serving.server, medkfp.serving.sync, tensorflow; print('ok')",
     )
     assert status == 0 and output.strip().endswith("ok"), output
@@ -68,23 +71,32 @@ def test_image_runs_the_kfp_executor_and_the_servers(engine, medkfp_image):
 
 def container_starts(engine, image: str, since: float, until: float) -> int:
     """How many containers of `image` the engine's events show starting in [since, until]."""
-    events = engine.events(since=int(since), until=int(until) + 1, decode=True,
-                           filters={"type": "container", "event": "start"})
-    return sum(1 for e in events if e.get("from", "").endswith(image)
-               or e.get("Actor", {}).get("Attributes", {}).get("image", "").endswith(image))
+    events = engine.events(
+        since=int(since), until=int(until) + 1, decode=True, filters={"type": "container", "event": "start"}
+    )
+    return sum(
+        1
+        for e in events
+        if e.get("from", "").endswith(image)
+        or e.get("Actor", {}).get("Attributes", {}).get("image", "").endswith(image)
+    )
 
 
 def test_every_step_in_its_own_container_pushes_a_model(s3_env, tmp_path, engine, medkfp_image):
     synth_covid(tmp_path / "data", per_class=40, size=96, seed=1)
     started = time.time()
     summary = run_local(
-        RunConfig(dataset=vocab.COVID, source=str(tmp_path / "data"), store="s3://medkfp", epochs=12,
-                  image_size=48),
-        pipeline_root=str(tmp_path / "kfp"), runner="docker", image=medkfp_image,
+        RunConfig(
+            dataset=vocab.COVID, source=str(tmp_path / "data"), store="s3://medkfp", epochs=12, image_size=48
+        ),
+        pipeline_root=str(tmp_path / "kfp"),
+        runner="docker",
+        image=medkfp_image,
     )
     assert container_starts(engine, medkfp_image, started, time.time()) >= TASKS
     assert summary["pushed"] == {
-        "model_name": vocab.COVID, "version": 1,
+        "model_name": vocab.COVID,
+        "version": 1,
         "uri": f"s3://medkfp/{vocab.model_version_key(vocab.COVID, 1)}",
     }
     selected = next(c for c in summary["candidates"] if c["name"] == summary["selected"])
@@ -100,8 +112,12 @@ def test_a_failing_step_fails_the_run(s3_env, tmp_path, medkfp_image):
         for i in range(4):
             (tmp_path / "broken" / name / f"{i}.png").write_bytes(b"not a png")
     with pytest.raises(PipelineFailed, match="rejected"):
-        run_local(RunConfig(dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "broken"), store="s3://medkfp"),
-                  pipeline_root=str(tmp_path / "kfp"), runner="docker", image=medkfp_image)
+        run_local(
+            RunConfig(dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "broken"), store="s3://medkfp"),
+            pipeline_root=str(tmp_path / "kfp"),
+            runner="docker",
+            image=medkfp_image,
+        )
 
 
 def test_exit_status_is_read_before_the_container_is_removed(engine, medkfp_image):
@@ -115,5 +131,9 @@ def test_runner_docker_needs_an_s3_store(tmp_path):
     folder.mkdir(parents=True)
     Image.new("L", (8, 8)).save(folder / "0.png")
     with pytest.raises(ValueError, match="needs an S3 store"):
-        run_local(RunConfig(dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "data"),
-                            store=str(tmp_path / "store")), runner="docker")
+        run_local(
+            RunConfig(
+                dataset=vocab.IMAGEFOLDER, source=str(tmp_path / "data"), store=str(tmp_path / "store")
+            ),
+            runner="docker",
+        )

@@ -117,7 +117,8 @@ def test_local_overlay_serves_predictions_under_kube_play(medkfp_image, publishe
         deadline = time.monotonic() + READY_TIMEOUT
         while status(ready) != 200:
             assert time.monotonic() < deadline, (
-                f"{ready} did not answer 200 within {READY_TIMEOUT:.0f} s\n{container_logs()}")
+                f"{ready} did not answer 200 within {READY_TIMEOUT:.0f} s\n{container_logs()}"
+            )
             time.sleep(1)
         assert status(f"http://127.0.0.1:{health_port}/livez") == 200
 

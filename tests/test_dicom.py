@@ -37,8 +37,13 @@ SALT = "test-salt-never-stored-7d1e"
 
 
 def patient(k: int = 0) -> Patient:
-    return Patient(name=f"Sutanto^Wulandari^{k}", patient_id=f"RSH-77{k:04d}", birth_date="19610423",
-                   accession=f"AX9931{k:03d}", study_uid=f"1.2.826.0.1.3680043.8.498.4242{k}")
+    return Patient(
+        name=f"Sutanto^Wulandari^{k}",
+        patient_id=f"RSH-77{k:04d}",
+        birth_date="19610423",
+        accession=f"AX9931{k:03d}",
+        study_uid=f"1.2.826.0.1.3680043.8.498.4242{k}",
+    )
 
 
 def display(size: int = 32, seed: int = 0) -> np.ndarray:
@@ -148,8 +153,12 @@ def broken_objects() -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, expected rejection kind): every object an export can hold that is no film."""
     person = patient(9)
     shown = display(32)  # big enough for the truncation to cut the pixel data
-    files = {name: (data, kind) for (name, data), kind in zip(
-        synth_dicom.broken_films(person, shown).items(), ("corrupt", "no_pixel_data", "not_image"))}
+    files = {
+        name: (data, kind)
+        for (name, data), kind in zip(
+            synth_dicom.broken_films(person, shown).items(), ("corrupt", "no_pixel_data", "not_image")
+        )
+    }
     state = film_dataset(shown, person)
     del state.PixelData
     state.SOPClassUID = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
@@ -220,9 +229,11 @@ def test_ingest_keeps_no_identifying_value_and_groups_by_patient(tmp_path, monke
     broken = broken_objects()
     assert counts["found"] == counts["accepted"] + counts["rejected"] == 16 + len(broken)
     assert counts["rejected"] == len(broken) and summary["ignored_reasons"] == {
-        "DICOMDIR, the index of DICOM media": 1}
+        "DICOMDIR, the index of DICOM media": 1
+    }
     assert {Path(r["path"]).name: r["kind"] for r in summary["rejects"]} == {
-        name: kind for name, (_, kind) in broken.items()}
+        name: kind for name, (_, kind) in broken.items()
+    }
     assert all(r["reason"] for r in summary["rejects"])
 
     manifest = read_manifest(summary)
@@ -253,8 +264,21 @@ def test_plan_puts_no_patient_in_two_splits_and_reports_the_patients(tmp_path, m
     assert all(patients["splits"][s] >= 1 for s in vocab.SPLITS)
     assert report["found"] == report["accepted"] + report["rejected"]
 
-    assert main(["plan", "--dataset", vocab.IMAGEFOLDER, "--source", str(tmp_path / "ward"),
-                 "--max-rejected-fraction", "0.9", "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--dataset",
+                vocab.IMAGEFOLDER,
+                "--source",
+                str(tmp_path / "ward"),
+                "--max-rejected-fraction",
+                "0.9",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert json.loads(printed)["patients"] == patients
     assert_nowhere(planted(people), extra=printed)
@@ -310,8 +334,13 @@ def test_flat_export_and_labels_table_in_s3(tmp_path, s3_env, monkeypatch):
         if path.is_file() and path.name != "labels.csv":
             bucket.put_file(f"exports/ward/{path.relative_to(tmp_path / 'pacs').as_posix()}", path)
     bucket.put_file("tables/labels.csv", tmp_path / "pacs" / "labels.csv")
-    summary = ingest(vocab.DICOM, "s3://medkfp-pacs/exports/ward", "s3://medkfp-run", "r1",
-                     labels="s3://medkfp-pacs/tables/labels.csv")
+    summary = ingest(
+        vocab.DICOM,
+        "s3://medkfp-pacs/exports/ward",
+        "s3://medkfp-run",
+        "r1",
+        labels="s3://medkfp-pacs/tables/labels.csv",
+    )
     assert summary["counts"]["accepted"] == len(labels) and summary["counts"]["rejected"] == 1
     assert sorted(read_manifest(summary)["path"]) == sorted(labels)
     assert vocab.default_model_name(vocab.DICOM, "s3://medkfp-pacs/exports/ward") == "ward"
@@ -323,8 +352,9 @@ def test_labels_table_problems_are_one_line_errors(tmp_path):
         ingest(vocab.DICOM, str(tmp_path / "pacs"), str(tmp_path / "s"), "r", labels="missing.csv")
     (tmp_path / "bad.csv").write_text("file_id,diagnosis\n1,Normal\n")
     with pytest.raises(LayoutError, match="needs a path .or SOPInstanceUID. column and a label column"):
-        ingest(vocab.DICOM, str(tmp_path / "pacs"), str(tmp_path / "s"), "r",
-               labels=str(tmp_path / "bad.csv"))
+        ingest(
+            vocab.DICOM, str(tmp_path / "pacs"), str(tmp_path / "s"), "r", labels=str(tmp_path / "bad.csv")
+        )
     with pytest.raises(LayoutError, match="--labels needs --dataset dicom"):
         ingest(vocab.IMAGEFOLDER, str(tmp_path / "pacs"), str(tmp_path / "s"), "r", labels="labels.csv")
 
@@ -336,8 +366,23 @@ def test_synth_dicom_writes_a_labelled_export(tmp_path, capsys):
     assert len(files) == 12 + 3 and any(p.suffix == "" for p in files)
     syntaxes = {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in files if "broken" not in p.name}
     assert {RLELossless, pydicom.uid.JPEG2000Lossless} <= syntaxes
-    assert main(["synth", "dicom", "--out", str(tmp_path / "flat"), "--per-class", "3", "--size", "16",
-                 "--layout", "flat"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "dicom",
+                "--out",
+                str(tmp_path / "flat"),
+                "--per-class",
+                "3",
+                "--size",
+                "16",
+                "--layout",
+                "flat",
+            ]
+        )
+        == 0
+    )
     report = plan(vocab.DICOM, str(tmp_path / "flat"))
     assert (report["accepted"], report["rejected"]) == (6, 3)
 
@@ -399,10 +444,28 @@ def test_dicom_run_pushes_a_model_and_writes_no_identifying_value(tmp_path, monk
     synth_dicom.synth_dicom(tmp_path / "Ward", per_class=24, size=64, seed=5)
     people = synth_dicom.make_patients(30, 5)
     store, root, summary_path = tmp_path / "store", tmp_path / "kfp", tmp_path / "summary.json"
-    assert main(["run", "--dataset", vocab.IMAGEFOLDER, "--source", str(tmp_path / "Ward"),
-                 "--image-size", "32", "--epochs", "10", "--store", str(store),
-                 "--summary", str(summary_path),
-                 "--pipeline-root", str(root)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--dataset",
+                vocab.IMAGEFOLDER,
+                "--source",
+                str(tmp_path / "Ward"),
+                "--image-size",
+                "32",
+                "--epochs",
+                "10",
+                "--store",
+                str(store),
+                "--summary",
+                str(summary_path),
+                "--pipeline-root",
+                str(root),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(summary_path.read_text())
     assert summary["pushed"]["model_name"] == "ward" and summary["pushed"]["version"] == 1
     counts = summary["counts"]
@@ -411,8 +474,19 @@ def test_dicom_run_pushes_a_model_and_writes_no_identifying_value(tmp_path, monk
     assert "Windowing: 48 DICOM image(s)" in card and "MONOCHROME1 inverted" in card
     run_output = capfd.readouterr()
     # external validation goes through the same ingest: the same PNGs, the same rejects
-    assert main(["evaluate", "--model", str(store / vocab.model_version_key("ward", 1)),
-                 "--source", str(tmp_path / "Ward"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(store / vocab.model_version_key("ward", 1)),
+                "--source",
+                str(tmp_path / "Ward"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     output = capfd.readouterr()
     external = json.loads(output.out)
     assert (external["counts"]["accepted"], external["counts"]["rejected"]) == (48, 3)

@@ -44,7 +44,13 @@ def test_evaluate_scores_the_test_split(trained_shapes, scored):
     assert metrics["class_names"] == ["circles", "plain", "stripes"]
     assert metrics["macro_f1"] >= 0.8, metrics
     assert set(metrics["per_class"]["plain"]) == {
-        "precision", "recall", "f1", "specificity", "support", "roc_auc", "ci",
+        "precision",
+        "recall",
+        "f1",
+        "specificity",
+        "support",
+        "roc_auc",
+        "ci",
     }
     assert 0.5 < metrics["macro_roc_auc"] <= 1.0  # from the served probabilities
     assert result["history"] == model["history"] and result["model_uri"] == model["model_uri"]
@@ -108,8 +114,21 @@ def test_external_validation_of_a_published_version(published, tmp_path, capsys)
     version_dir, _ = published
     source = write_shapes_folder(tmp_path / "elsewhere", per_class=5, seed=7)
     report = tmp_path / "external.html"
-    assert main(["evaluate", "--model", str(version_dir), "--source", str(source), "--json",
-                 "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(version_dir),
+                "--source",
+                str(source),
+                "--json",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["dataset"] == "imagefolder"  # from the version's metadata
     assert result["counts"]["accepted"] == 15 and result["candidate"]["name"] == "simple-cnn-none"

@@ -165,16 +165,23 @@ def test_a_model_without_a_logits_layer_is_scaled_through_its_log_probabilities(
     from medkfp.imaging import export_serving_model
     from medkfp.metrics import softmax
 
-    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
-                              keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(len(CLASSES), activation="softmax")])
-    model.layers[-1].set_weights([np.full((3, len(CLASSES)), 2.0, np.float32),
-                                  np.array([0.0, 4.0, 1.0], np.float32)])
+    model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(len(CLASSES), activation="softmax"),
+        ]
+    )
+    model.layers[-1].set_weights(
+        [np.full((3, len(CLASSES)), 2.0, np.float32), np.array([0.0, 4.0, 1.0], np.float32)]
+    )
     batch = tf.constant([png("RGB", SIZE, SIZE, seed) for seed in range(3)])
     served = []
     for temperature in (1.0, 3.0):
-        export_dir = export_serving_model(model, CLASSES, SIZE, tmp_path / str(temperature),
-                                          temperature=temperature)
+        export_dir = export_serving_model(
+            model, CLASSES, SIZE, tmp_path / str(temperature), temperature=temperature
+        )
         _, signature = load_signature(export_dir)
         served.append(signature(**{vocab.INPUT_KEY: batch})[vocab.OUTPUT_PROBABILITIES].numpy())
     plain, scaled = served
@@ -187,7 +194,12 @@ def test_a_temperature_that_is_not_positive_is_refused(tmp_path):
 
     from medkfp.imaging import export_serving_model
 
-    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(len(CLASSES), activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(len(CLASSES), activation="softmax"),
+        ]
+    )
     with pytest.raises(ValueError, match="temperature must be positive"):
         export_serving_model(model, CLASSES, SIZE, tmp_path / "m", temperature=0.0)

@@ -52,8 +52,10 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_observed_difference():
     assert first == again and first["resamples"] >= 1000
     low, high = first["ci"]
     assert low < first["difference"] < high and low > 0
-    observed = (classification_metrics(truth, good, ["a", "b", "c"])["macro_f1"]
-                - classification_metrics(truth, worse, ["a", "b", "c"])["macro_f1"])
+    observed = (
+        classification_metrics(truth, good, ["a", "b", "c"])["macro_f1"]
+        - classification_metrics(truth, worse, ["a", "b", "c"])["macro_f1"]
+    )
     assert first["difference"] == pytest.approx(observed)
     # McNemar: the discordant images only, a two-sided binomial test at 1/2
     only_good = int(((good == truth) & (worse != truth)).sum())
@@ -77,8 +79,16 @@ def test_roc_auc_difference_uses_probabilities_and_bad_settings_are_refused():
     p[np.arange(120), truth] += 1.0
     p /= p.sum(axis=1, keepdims=True)
     flat = np.full_like(p, 1 / 3)
-    result = paired_stats.compare(truth, predicted, predicted, 3, "macro_roc_auc", n_resamples=1000,
-                                  challenger_probabilities=p, champion_probabilities=flat)
+    result = paired_stats.compare(
+        truth,
+        predicted,
+        predicted,
+        3,
+        "macro_roc_auc",
+        n_resamples=1000,
+        challenger_probabilities=p,
+        champion_probabilities=flat,
+    )
     auc = classification_metrics(truth, p.argmax(axis=1), ["a", "b", "c"], p)["macro_roc_auc"]
     assert result["difference"] == pytest.approx(auc - 0.5) and result["ci"][0] > 0
     with pytest.raises(ValueError, match="at least 1000"):
@@ -96,8 +106,12 @@ def challenger(macro_f1: float) -> dict:
 
 def rescored_champion(macro_f1: float, classes=SHAPES) -> dict:
     per_class = {c: {"support": 10} for c in classes}
-    return {"version": 4, "class_names": list(classes), "metrics": {"macro_f1": 0.99},
-            "rescored": {"macro_f1": macro_f1, "class_names": list(classes), "per_class": per_class}}
+    return {
+        "version": 4,
+        "class_names": list(classes),
+        "metrics": {"macro_f1": 0.99},
+        "rescored": {"macro_f1": macro_f1, "class_names": list(classes), "per_class": per_class},
+    }
 
 
 PAIRED = {"ci": [-0.01, 0.09], "p_value": 0.2, "images": 30}
@@ -112,16 +126,24 @@ def test_the_gate_compares_with_the_rescored_champion_not_its_recorded_score():
 
 
 def test_require_significant_needs_the_interval_above_zero():
-    gate = champion_gate(challenger(0.9), rescored_champion(0.8), "macro_f1", 0.005, paired=PAIRED,
-                         require_significant=True)
+    gate = champion_gate(
+        challenger(0.9), rescored_champion(0.8), "macro_f1", 0.005, paired=PAIRED, require_significant=True
+    )
     assert not gate["push"]
     assert gate["reason"].startswith("better than champion v4 but not significantly")
     significant = {**PAIRED, "ci": [0.02, 0.09]}
-    assert champion_gate(challenger(0.9), rescored_champion(0.8), "macro_f1", 0.005, paired=significant,
-                         require_significant=True)["push"]
+    assert champion_gate(
+        challenger(0.9),
+        rescored_champion(0.8),
+        "macro_f1",
+        0.005,
+        paired=significant,
+        require_significant=True,
+    )["push"]
     # a significant difference still has to clear --min-delta
-    assert not champion_gate(challenger(0.9), rescored_champion(0.8), "macro_f1", 0.2, paired=significant,
-                             require_significant=True)["push"]
+    assert not champion_gate(
+        challenger(0.9), rescored_champion(0.8), "macro_f1", 0.2, paired=significant, require_significant=True
+    )["push"]
 
 
 def test_a_champion_with_other_classes_is_refused_with_a_clear_reason():
@@ -136,8 +158,13 @@ def test_a_champion_with_other_classes_is_refused_with_a_clear_reason():
 
 def constant_model(export_dir, favour: int, size: int = 32):
     """A SavedModel with medkfp's signatures that predicts class SHAPES[favour] for every image."""
-    model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(len(SHAPES), activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(len(SHAPES), activation="softmax"),
+        ]
+    )
     bias = np.zeros(len(SHAPES), np.float32)
     bias[favour] = 5.0
     model.layers[-1].set_weights([np.zeros((3, len(SHAPES)), np.float32), bias])
@@ -147,8 +174,13 @@ def constant_model(export_dir, favour: int, size: int = 32):
 def evaluation_of(dataset: dict, store, model_key: str, name: str) -> dict:
     """The evaluate step's result for a SavedModel already in the run's store."""
     candidate = {**vocab.Candidate("simple-cnn", "none").to_dict(), "name": name}
-    trained = {"candidate": candidate, "model_key": model_key, "model_uri": store.uri_for(model_key),
-               "history": {}, "devices": ["CPU:0"]}
+    trained = {
+        "candidate": candidate,
+        "model_key": model_key,
+        "model_uri": store.uri_for(model_key),
+        "history": {},
+        "devices": ["CPU:0"],
+    }
     return evaluate(dataset, trained)
 
 
@@ -188,8 +220,15 @@ def test_first_run_pushes_and_records_its_data_snapshot(two_runs):
 
 def test_second_run_rescores_the_champion_on_its_own_split_and_pushes_when_significant(two_runs, tmp_path):
     store, _, second, _, good = two_runs
-    summary = push([good], second.ingested, second.dataset, str(store.root), model_name=MODEL,
-                   require_significant=True, comparison_path=tmp_path / "push.html")
+    summary = push(
+        [good],
+        second.ingested,
+        second.dataset,
+        str(store.root),
+        model_name=MODEL,
+        require_significant=True,
+        comparison_path=tmp_path / "push.html",
+    )
     json.dumps(summary)
     test_count = summary["counts"]["test"]
     assert test_count == second.dataset["splits"]["test"]["count"]
@@ -230,12 +269,25 @@ def test_the_same_model_again_is_not_pushed_and_the_reason_shows_the_statistics(
 def test_a_served_model_with_other_classes_is_not_rescored_and_not_replaced(two_runs, tmp_path):
     store, _, second, _, good = two_runs
     other = tmp_path / "other"
-    keras_model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
-                                    keras.layers.Dense(2, activation="softmax")])
+    keras_model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     export_serving_model(keras_model, ["cats", "dogs"], 8, other)
-    ModelRepository(store).publish("shapes-other", other, {
-        "dataset": "imagefolder", "class_names": ["cats", "dogs"], "metrics": {"macro_f1": 0.5},
-        "candidate": {"name": "x"}, "run_id": "elsewhere"})
+    ModelRepository(store).publish(
+        "shapes-other",
+        other,
+        {
+            "dataset": "imagefolder",
+            "class_names": ["cats", "dogs"],
+            "metrics": {"macro_f1": 0.5},
+            "candidate": {"name": "x"},
+            "run_id": "elsewhere",
+        },
+    )
     summary = push([good], second.ingested, second.dataset, str(store.root), model_name="shapes-other")
     assert summary["pushed"] is None and summary["champion"]["rescored"] is None
     assert summary["push_reason"].startswith("champion v1 predicts classes cats, dogs but this run's data")
@@ -252,14 +304,55 @@ def test_two_pipeline_runs_in_a_row_on_new_data(tmp_path):
     grid = tmp_path / "grid.yaml"
     grid.write_text("- {architecture: simple-cnn, balancing: none, batch_size: 8, learning_rate: 0.003}\n")
     store = str(tmp_path / "store")
-    common = ["--dataset", vocab.IMAGEFOLDER, "--name", MODEL, "--grid", str(grid), "--image-size", "32",
-              "--store", store]
+    common = [
+        "--dataset",
+        vocab.IMAGEFOLDER,
+        "--name",
+        MODEL,
+        "--grid",
+        str(grid),
+        "--image-size",
+        "32",
+        "--store",
+        store,
+    ]
     first = write_shapes_folder(tmp_path / "week-1", per_class=12, seed=1)
-    assert main(["run", *common, "--source", str(first), "--epochs", "1",
-                 "--summary", str(tmp_path / "1.json"), "--pipeline-root", str(tmp_path / "kfp-1")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *common,
+                "--source",
+                str(first),
+                "--epochs",
+                "1",
+                "--summary",
+                str(tmp_path / "1.json"),
+                "--pipeline-root",
+                str(tmp_path / "kfp-1"),
+            ]
+        )
+        == 0
+    )
     second = write_shapes_folder(tmp_path / "week-2", per_class=30, seed=2)
-    assert main(["run", *common, "--source", str(second), "--epochs", "12", "--require-significant",
-                 "--summary", str(tmp_path / "2.json"), "--pipeline-root", str(tmp_path / "kfp-2")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *common,
+                "--source",
+                str(second),
+                "--epochs",
+                "12",
+                "--require-significant",
+                "--summary",
+                str(tmp_path / "2.json"),
+                "--pipeline-root",
+                str(tmp_path / "kfp-2"),
+            ]
+        )
+        == 0
+    )
     run1, run2 = (json.loads((tmp_path / f"{i}.json").read_text()) for i in (1, 2))
     assert run1["pushed"]["version"] == 1
     rescored = run2["champion"]["rescored"]

@@ -18,7 +18,9 @@ def by_name(candidates: list[dict]) -> dict[str, dict]:
 
 def test_quick_grid_and_grid_files(tmp_path):
     assert [c["name"] for c in expand_grid("quick")] == [
-        "simple-cnn-none", "simple-cnn-undersample", "simple-cnn-oversample",
+        "simple-cnn-none",
+        "simple-cnn-undersample",
+        "simple-cnn-oversample",
     ]
     path = tmp_path / "grid.yaml"
     path.write_text("- {architecture: mobilenetv2, balancing: oversample, batch_size: 8}\n")
@@ -51,8 +53,11 @@ def test_covid_paper_grid_is_the_studys_models_a_b_c():
 def test_mias_paper_grid_is_resnet101_plus_balanced_variants():
     grid = by_name(expand_grid("paper", vocab.MIAS))
     assert set(grid) == {
-        "resnet101-none", "resnet101-oversample", "resnet101-class_weight",
-        "mobilenetv2-oversample", "mobilenetv2-class_weight",
+        "resnet101-none",
+        "resnet101-oversample",
+        "resnet101-class_weight",
+        "mobilenetv2-oversample",
+        "mobilenetv2-class_weight",
     }
     for c in grid.values():
         assert (c["optimizer"], c["learning_rate"], c["epochs"]) == ("adam", 1e-4, 10)
@@ -77,10 +82,12 @@ def test_run_settings_override_every_candidate():
 def test_image_size_comes_from_the_grid_unless_given(tmp_path):
     assert {c["image_size"] for c in expand_grid("paper", vocab.MIAS)} == {256}
     assert {c["image_size"] for c in expand_grid("paper", vocab.MIAS, image_size=48)} == {48}
-    mixed = json.dumps([
-        {"architecture": "mobilenetv2", "balancing": "none", "image_size": 96},
-        {"architecture": "resnet50", "balancing": "none", "image_size": 128},
-    ])
+    mixed = json.dumps(
+        [
+            {"architecture": "mobilenetv2", "balancing": "none", "image_size": 96},
+            {"architecture": "resnet50", "balancing": "none", "image_size": 128},
+        ]
+    )
     with pytest.raises(ValueError, match=r"different image sizes \[96, 128\].*give --image-size"):
         expand_grid(mixed)
     assert {c["image_size"] for c in expand_grid(mixed, image_size=64)} == {64}

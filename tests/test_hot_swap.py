@@ -110,14 +110,18 @@ def test_hot_swap_and_rollback_drop_no_request(s3_env, tmp_path, models):
         with Clients(address) as clients:
             wait_for(lambda: clients.total() >= 8, what="clients running")
             publish(repo, models["b"])
-            wait_for(lambda: answered_by(address) == 2 and answered_by(address, label="stable") == 2,
-                     what="v2 swapped in")
+            wait_for(
+                lambda: answered_by(address) == 2 and answered_by(address, label="stable") == 2,
+                what="v2 swapped in",
+            )
             swapped_at = clients.total()
             wait_for(lambda: clients.total() >= swapped_at + 8, what="requests after the swap")
 
             assert repo.rollback("m") == 1
-            wait_for(lambda: answered_by(address) == 1 and answered_by(address, label="stable") == 1,
-                     what="rolled back")
+            wait_for(
+                lambda: answered_by(address) == 1 and answered_by(address, label="stable") == 1,
+                what="rolled back",
+            )
             rolled_at = clients.total()
             wait_for(lambda: clients.total() >= rolled_at + 8, what="requests after the rollback")
 

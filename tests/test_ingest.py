@@ -153,10 +153,13 @@ def test_every_kind_of_broken_file_is_rejected_with_its_reason(shapes_folder, lo
 def test_pixel_limit_is_configurable(shapes_folder, local_store):
     (shapes_folder / "plain" / "large.png").write_bytes(png_bytes(np.zeros((40, 33), np.uint8)))
     summary = ingest(vocab.IMAGEFOLDER, str(shapes_folder), local_store.uri, RUN, max_pixels=32 * 32)
-    assert summary["rejects"] == [{
-        "path": "plain/large.png", "reason": "over the pixel limit (33 x 40, limit 1024 pixels)",
-        "kind": "too_many_pixels",
-    }]
+    assert summary["rejects"] == [
+        {
+            "path": "plain/large.png",
+            "reason": "over the pixel limit (33 x 40, limit 1024 pixels)",
+            "kind": "too_many_pixels",
+        }
+    ]
 
 
 def test_too_many_rejects_fail_with_one_line(shapes_folder, local_store):
@@ -165,8 +168,9 @@ def test_too_many_rejects_fail_with_one_line(shapes_folder, local_store):
         ingest(vocab.IMAGEFOLDER, str(shapes_folder), local_store.uri, RUN, max_rejected_fraction=0.2)
     message = str(failure.value)
     assert "\n" not in message
-    assert message.startswith(f"17 of 53 files in {shapes_folder} were rejected (32.1%), over "
-                              "--max-rejected-fraction 0.2")
+    assert message.startswith(
+        f"17 of 53 files in {shapes_folder} were rejected (32.1%), over --max-rejected-fraction 0.2"
+    )
     assert "medkfp plan" in message and "rejects.csv" in message
     # the list is written before failing, so the message's pointer is real
     assert len(pd.read_csv(local_store.uri_for(vocab.run_key(RUN, "ingest", "rejects.csv")))) == 17
@@ -189,8 +193,11 @@ def test_identical_files_are_reported_and_share_a_group(shapes_folder, local_sto
     summary = ingest(vocab.IMAGEFOLDER, str(shapes_folder), local_store.uri, RUN)
     assert summary["counts"]["accepted"] == 38  # duplicates are kept, not rejected
     [duplicate] = summary["duplicates"]
-    assert sorted(duplicate["paths"]) == ["circles/circles-0.png", "circles/copy-of-0.png",
-                                          "plain/mislabelled.png"]
+    assert sorted(duplicate["paths"]) == [
+        "circles/circles-0.png",
+        "circles/copy-of-0.png",
+        "plain/mislabelled.png",
+    ]
     assert duplicate["labels"] == ["circles", "plain"]
     manifest = read_manifest(summary).set_index("path")
     groups = set(manifest.loc[duplicate["paths"], "group"])
@@ -213,8 +220,10 @@ def decoded(data: bytes) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["PNG", "BMP", "PPM", "TIFF", "GIF"])
 def test_8bit_grayscale_becomes_three_equal_channels_in_every_format(fmt):
     data = png_bytes(GRAY, fmt=fmt)
-    assert check_image(data) == ({"width": 32, "height": 32, "mode": "L", "format": Image.open(
-        io.BytesIO(data)).format}, None)
+    assert check_image(data) == (
+        {"width": 32, "height": 32, "mode": "L", "format": Image.open(io.BytesIO(data)).format},
+        None,
+    )
     np.testing.assert_array_equal(decoded(data), np.stack([GRAY] * 3, axis=-1))
 
 

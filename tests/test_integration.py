@@ -44,7 +44,9 @@ def check_summary(summary: dict, dataset: str, class_names) -> None:
     assert counts["found"] == counts["accepted"] + counts["rejected"]
     assert counts["train"] + counts["val"] + counts["test"] == counts["accepted"]
     assert [c["name"] for c in summary["candidates"]] == [
-        "simple-cnn-none", "simple-cnn-undersample", "simple-cnn-oversample",
+        "simple-cnn-none",
+        "simple-cnn-undersample",
+        "simple-cnn-oversample",
     ]
     for candidate in summary["candidates"]:
         metrics = candidate["metrics"]
@@ -77,14 +79,28 @@ def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
     synth_covid(tmp_path / "data", per_class=40, size=96, seed=1)
     synth_covid(tmp_path / "unseen", per_class=2, size=96, seed=99)
     summary_path = tmp_path / "summary.json"
-    run_cli("run", "--dataset", vocab.COVID, "--source", str(tmp_path / "data"), "--epochs", "12",
-            "--image-size", "48", "--summary", str(summary_path),
-            "--pipeline-root", str(tmp_path / "kfp"))
+    run_cli(
+        "run",
+        "--dataset",
+        vocab.COVID,
+        "--source",
+        str(tmp_path / "data"),
+        "--epochs",
+        "12",
+        "--image-size",
+        "48",
+        "--summary",
+        str(summary_path),
+        "--pipeline-root",
+        str(tmp_path / "kfp"),
+    )
     summary = json.loads(summary_path.read_text())
     check_summary(summary, vocab.COVID, vocab.COVID_CLASSES)
     assert summary["counts"]["accepted"] == 160
     assert summary["pushed"] == {
-        "model_name": vocab.COVID, "version": 1, "uri": f"s3://medkfp/models/{vocab.COVID}/1",
+        "model_name": vocab.COVID,
+        "version": 1,
+        "uri": f"s3://medkfp/models/{vocab.COVID}/1",
     }
     assert summary["push_reason"] == "no champion yet"
     assert all(c["model_uri"].startswith("s3://medkfp/runs/") for c in summary["candidates"])
@@ -146,17 +162,37 @@ def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
         server.stop()
 
     # external validation of the pushed version on the unseen set agrees with the server
-    run_cli("evaluate", "--model", f"s3://medkfp/models/{vocab.COVID}/1", "--source",
-            str(tmp_path / "unseen"), "--json", "--report", str(tmp_path / "external.html"))
+    run_cli(
+        "evaluate",
+        "--model",
+        f"s3://medkfp/models/{vocab.COVID}/1",
+        "--source",
+        str(tmp_path / "unseen"),
+        "--json",
+        "--report",
+        str(tmp_path / "external.html"),
+    )
     external = json.loads(capsys.readouterr().out)
     assert external["dataset"] == vocab.COVID and external["counts"]["accepted"] == 8
     assert round(external["metrics"]["accuracy"] * 8) == right
     assert (tmp_path / "external.html").is_file()
 
     # the same run again trains the same model: the champion gate keeps v1
-    run_cli("run", "--dataset", vocab.COVID, "--source", str(tmp_path / "data"), "--epochs", "12",
-            "--image-size", "48", "--summary", str(summary_path),
-            "--pipeline-root", str(tmp_path / "kfp2"))
+    run_cli(
+        "run",
+        "--dataset",
+        vocab.COVID,
+        "--source",
+        str(tmp_path / "data"),
+        "--epochs",
+        "12",
+        "--image-size",
+        "48",
+        "--summary",
+        str(summary_path),
+        "--pipeline-root",
+        str(tmp_path / "kfp2"),
+    )
     again = json.loads(summary_path.read_text())
     assert again["pushed"] is None
     assert again["push_reason"].startswith("not better than champion v1")
@@ -172,9 +208,23 @@ def test_imagefolder_run_on_a_local_store(tmp_path):
     store = tmp_path / "store"
     summary_path = tmp_path / "summary.json"
     original_print = builtins.print
-    run_cli("run", "--dataset", vocab.IMAGEFOLDER, "--source", str(folder), "--image-size", "32",
-            "--epochs", "12", "--store", str(store), "--summary", str(summary_path),
-            "--pipeline-root", str(tmp_path / "kfp"))
+    run_cli(
+        "run",
+        "--dataset",
+        vocab.IMAGEFOLDER,
+        "--source",
+        str(folder),
+        "--image-size",
+        "32",
+        "--epochs",
+        "12",
+        "--store",
+        str(store),
+        "--summary",
+        str(summary_path),
+        "--pipeline-root",
+        str(tmp_path / "kfp"),
+    )
     assert builtins.print is original_print  # kfp.local's indenting print() does not leak
     summary = json.loads(summary_path.read_text())
     check_summary(summary, vocab.IMAGEFOLDER, ["circles", "plain", "stripes"])
@@ -196,8 +246,9 @@ def test_grid_file_with_weights_from_the_store_and_gate_options(tmp_path, s3_env
     travels through kfp.local into the steps."""
     import keras
 
-    backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None,
-                                              pooling="avg")
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), include_top=False, weights=None, pooling="avg"
+    )
     backbone.save_weights(tmp_path / "mobilenetv2.weights.h5")
     open_store("s3://medkfp").put_file("weights/mobilenetv2.weights.h5", tmp_path / "mobilenetv2.weights.h5")
     grid = tmp_path / "grid.yaml"
@@ -208,10 +259,30 @@ def test_grid_file_with_weights_from_the_store_and_gate_options(tmp_path, s3_env
     folder = write_shapes_folder(tmp_path / "Shapes", per_class=12, size=32)
     summary_path = tmp_path / "summary.json"
     weights = "s3://medkfp/weights/{architecture}.weights.h5"
-    run_cli("run", "--dataset", vocab.IMAGEFOLDER, "--source", str(folder), "--grid", str(grid),
-            "--epochs", "2", "--image-size", "32", "--weights", weights, "--freeze-backbone",
-            "--selection-metric", "balanced_accuracy", "--min-recall", "circles=0.0",
-            "--summary", str(summary_path), "--pipeline-root", str(tmp_path / "kfp"))
+    run_cli(
+        "run",
+        "--dataset",
+        vocab.IMAGEFOLDER,
+        "--source",
+        str(folder),
+        "--grid",
+        str(grid),
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--weights",
+        weights,
+        "--freeze-backbone",
+        "--selection-metric",
+        "balanced_accuracy",
+        "--min-recall",
+        "circles=0.0",
+        "--summary",
+        str(summary_path),
+        "--pipeline-root",
+        str(tmp_path / "kfp"),
+    )
     summary = json.loads(summary_path.read_text())
     configs = {c["name"]: c["config"] for c in summary["candidates"]}
     assert configs["mobilenetv2-oversample"]["weights"] == weights

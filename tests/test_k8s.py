@@ -32,20 +32,36 @@ OPERATOR_PROVIDED = {"overlays/prod": {("Secret", "medkfp", "medkfp-s3")}}
 HOST_NETWORK_OVERLAYS = {"overlays/local"}
 POD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod")
 # Volume types Pod Security "restricted" allows.
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                      "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 PROJECT_UID = 10001
 SERVING_ARGS = [
-    "--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config",
-    "--model_config_file_poll_wait_seconds=5", "--file_system_poll_wait_seconds=1",
-    "--allow_version_labels_for_unavailable_models=true", "--enable_batching=true",
+    "--port=8500",
+    "--rest_api_port=8501",
+    "--model_config_file=/models/models.config",
+    "--model_config_file_poll_wait_seconds=5",
+    "--file_system_poll_wait_seconds=1",
+    "--allow_version_labels_for_unavailable_models=true",
+    "--enable_batching=true",
     "--batching_parameters_file=/etc/medkfp/batching/batching.config",
 ]
-SECRET_KEYS = {"AWS_ENDPOINT_URL_S3": "endpoint", "AWS_ACCESS_KEY_ID": "access-key",
-               "AWS_SECRET_ACCESS_KEY": "secret-key"}
+SECRET_KEYS = {
+    "AWS_ENDPOINT_URL_S3": "endpoint",
+    "AWS_ACCESS_KEY_ID": "access-key",
+    "AWS_SECRET_ACCESS_KEY": "secret-key",
+}
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
 
 @functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
@@ -97,8 +113,11 @@ def pod_templates(resources) -> list[tuple[dict, dict]]:
 
 def containers(pod_spec: dict) -> list[dict]:
     """Every container of a pod spec: init, regular and ephemeral."""
-    return [*pod_spec.get("initContainers", []), *pod_spec["containers"],
-            *pod_spec.get("ephemeralContainers", [])]
+    return [
+        *pod_spec.get("initContainers", []),
+        *pod_spec["containers"],
+        *pod_spec.get("ephemeralContainers", []),
+    ]
 
 
 def namespace_of(resource: dict) -> str | None:
@@ -205,9 +224,12 @@ def selector_matches(selector: dict, labels: dict) -> bool:
 
 def pods_selected(resources, selector: dict, namespace: str | None) -> list[str]:
     """Names of the workloads in `namespace` whose pod template the selector matches."""
-    return [owner["metadata"]["name"] for owner, template in pod_templates(resources)
-            if namespace_of(owner) == namespace
-            and selector_matches(selector, template["metadata"].get("labels", {}))]
+    return [
+        owner["metadata"]["name"]
+        for owner, template in pod_templates(resources)
+        if namespace_of(owner) == namespace
+        and selector_matches(selector, template["metadata"].get("labels", {}))
+    ]
 
 
 def split_image(image: str) -> tuple[str, str | None, str | None]:
@@ -238,6 +260,7 @@ def by_name(items: list[dict]) -> dict[str, dict]:
 
 # ---- every overlay ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_and_validates_strictly(overlay):
     """Every rendered resource passes strict schema validation (unknown fields are errors) for
@@ -249,8 +272,10 @@ def test_overlay_renders_and_validates_strictly(overlay):
             try:
                 kubernetes_validate.validate(resource, version, strict=True)
             except kubernetes_validate.ValidationError as e:
-                pytest.fail(f"{overlay}: {resource['kind']}/{resource['metadata']['name']} is invalid "
-                            f"for Kubernetes {version} at {'/'.join(map(str, e.path))}: {e.message}")
+                pytest.fail(
+                    f"{overlay}: {resource['kind']}/{resource['metadata']['name']} is invalid "
+                    f"for Kubernetes {version} at {'/'.join(map(str, e.path))}: {e.message}"
+                )
 
 
 def test_strict_validation_rejects_an_unknown_field():
@@ -272,15 +297,18 @@ def test_every_pod_is_restricted(overlay):
             pytest.fail(f"{overlay}: {owner['kind']}/{owner['metadata']['name']}: {e}")
 
 
-@pytest.mark.parametrize("change, problem", [
-    ({"runAsUser": 0}, "numeric non-root uid"),
-    ({"runAsUser": None}, "numeric non-root uid"),
-    ({"allowPrivilegeEscalation": True}, "allowPrivilegeEscalation"),
-    ({"capabilities": {"drop": ["NET_RAW"]}}, "lacks ALL"),
-    ({"readOnlyRootFilesystem": False}, "writable"),
-    ({"seccompProfile": {"type": "Unconfined"}}, "RuntimeDefault"),
-    ({"privileged": True}, "privileged"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"runAsUser": 0}, "numeric non-root uid"),
+        ({"runAsUser": None}, "numeric non-root uid"),
+        ({"allowPrivilegeEscalation": True}, "allowPrivilegeEscalation"),
+        ({"capabilities": {"drop": ["NET_RAW"]}}, "lacks ALL"),
+        ({"readOnlyRootFilesystem": False}, "writable"),
+        ({"seccompProfile": {"type": "Unconfined"}}, "RuntimeDefault"),
+        ({"privileged": True}, "privileged"),
+    ],
+)
 def test_restricted_check_catches_each_violation(change, problem):
     """assert_restricted refuses a container that breaks any one rule."""
     pod = yaml.safe_load(yaml.safe_dump(serving_pod(render("overlays/dev"))))
@@ -311,7 +339,8 @@ def test_references_resolve(overlay):
         for kind, name in sorted(references(template["spec"])):
             assert (kind, namespace_of(owner), name) in allowed, (
                 f"{overlay}: {owner['kind']}/{owner['metadata']['name']} names {kind} {name}, "
-                f"which is neither rendered nor the operator's")
+                f"which is neither rendered nor the operator's"
+            )
 
 
 def test_operator_provided_objects_are_really_absent_and_documented():
@@ -332,19 +361,23 @@ def test_selectors_match_pods(overlay):
     for service in find(resources, "Service"):
         selector = service["spec"]["selector"]
         assert pods_selected(resources, selector, namespace_of(service)), (
-            f"{overlay}: Service {service['metadata']['name']} selects no pod ({selector})")
+            f"{overlay}: Service {service['metadata']['name']} selects no pod ({selector})"
+        )
     for budget in find(resources, "PodDisruptionBudget"):
         assert pods_selected(resources, budget["spec"]["selector"], namespace_of(budget)), (
-            f"{overlay}: PodDisruptionBudget {budget['metadata']['name']} selects no pod")
+            f"{overlay}: PodDisruptionBudget {budget['metadata']['name']} selects no pod"
+        )
     for policy in find(resources, "NetworkPolicy"):
         name, namespace = policy["metadata"]["name"], namespace_of(policy)
         assert pods_selected(resources, policy["spec"]["podSelector"], namespace), (
-            f"{overlay}: NetworkPolicy {name} selects no pod")
+            f"{overlay}: NetworkPolicy {name} selects no pod"
+        )
         for rule in [*policy["spec"].get("ingress", []), *policy["spec"].get("egress", [])]:
             for peer in [*rule.get("from", []), *rule.get("to", [])]:
                 if "podSelector" in peer and "namespaceSelector" not in peer:
                     assert pods_selected(resources, peer["podSelector"], namespace), (
-                        f"{overlay}: NetworkPolicy {name} allows a peer that matches no pod: {peer}")
+                        f"{overlay}: NetworkPolicy {name} allows a peer that matches no pod: {peer}"
+                    )
     for owner, template in pod_templates(resources):
         if "selector" in owner["spec"] and owner["kind"] != "Job":
             assert selector_matches(owner["spec"]["selector"], template["metadata"]["labels"])
@@ -402,6 +435,7 @@ def test_project_image_containers_run_as_its_user_with_a_writable_tmp(overlay):
 
 # ---- the cluster overlays --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/dev-seaweedfs", "overlays/prod"])
 def test_namespace_enforces_restricted_pod_security(overlay):
     resources = render(overlay)
@@ -431,8 +465,19 @@ def test_serving_deployment_contract(overlay):
     assert "livenessProbe" in serving
 
     assert init["args"] == ["serving-sync", "--store", "s3://medkfp", "--dir", "/models", "--once"]
-    assert sync["args"] == ["serving-sync", "--store", "s3://medkfp", "--dir", "/models", "--interval", "10",
-                            "--server", "localhost:8500", "--health-port", "8090"]
+    assert sync["args"] == [
+        "serving-sync",
+        "--store",
+        "s3://medkfp",
+        "--dir",
+        "/models",
+        "--interval",
+        "10",
+        "--server",
+        "localhost:8500",
+        "--health-port",
+        "8090",
+    ]
     assert sync["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert sync["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
     assert by_name(sync["ports"])["health"]["containerPort"] == 8090
@@ -466,17 +511,25 @@ def test_network_policies(overlay):
     assert dns["podSelector"] == {}
     assert {(p["protocol"], p["port"]) for p in dns["egress"][0]["ports"]} == {("UDP", 53), ("TCP", 53)}
     ingress = policies["medkfp-serving-ingress"]["ingress"]
-    assert ingress[0]["from"] == [{"namespaceSelector": {},
-                                   "podSelector": {"matchLabels": {"medkfp.io/serving-client": "true"}}}]
+    assert ingress[0]["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"medkfp.io/serving-client": "true"}}}
+    ]
     assert {p["port"] for p in ingress[0]["ports"]} == {8500, 8501}
     serving_labels = one(resources, "Deployment", "medkfp-serving")["spec"]["template"]["metadata"]["labels"]
-    egress = [p for p in policies.values() if "Egress" in p["policyTypes"] and p.get("egress")
-              and selector_matches(p["podSelector"], serving_labels) and p["podSelector"] != {}]
+    egress = [
+        p
+        for p in policies.values()
+        if "Egress" in p["policyTypes"]
+        and p.get("egress")
+        and selector_matches(p["podSelector"], serving_labels)
+        and p["podSelector"] != {}
+    ]
     assert egress, f"{overlay}: the serving pods may reach no S3 endpoint"
 
 
-@pytest.mark.parametrize("overlay, store", [("overlays/dev", "minio"),
-                                            ("overlays/dev-seaweedfs", "seaweedfs")])
+@pytest.mark.parametrize(
+    "overlay, store", [("overlays/dev", "minio"), ("overlays/dev-seaweedfs", "seaweedfs")]
+)
 def test_dev_runs_one_in_cluster_store_behind_medkfp_store(overlay, store):
     resources = render(overlay)
     assert one(resources, "Deployment", "medkfp-serving")["spec"]["replicas"] == 1
@@ -515,11 +568,13 @@ def test_pipeline_secret_is_the_one_object_for_the_pipeline_namespace():
     """The Secret for KFP's pipeline pods: same name and keys, the profile namespace."""
     resources = render("pipeline-secret")
     assert [(r["kind"], namespace_of(r), r["metadata"]["name"]) for r in resources] == [
-        ("Secret", "kubeflow-user-example-com", "medkfp-s3")]
+        ("Secret", "kubeflow-user-example-com", "medkfp-s3")
+    ]
     assert set(resources[0]["data"]) == set(SECRET_KEYS.values())
 
 
 # ---- the local (podman kube play) overlay ----------------------------------------------------
+
 
 def test_local_overlay_holds_only_what_kube_play_runs():
     resources = render("overlays/local")
@@ -527,13 +582,35 @@ def test_local_overlay_holds_only_what_kube_play_runs():
     pod = one(resources, "Deployment", "medkfp-serving-local")["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     main = by_name(pod["containers"])
-    assert main["server"]["args"] == ["serve", "--engine", "builtin", "--model-dir", "/models",
-                                      "--host", "127.0.0.1", "--port", "8500", "--poll", "2"]
+    assert main["server"]["args"] == [
+        "serve",
+        "--engine",
+        "builtin",
+        "--model-dir",
+        "/models",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8500",
+        "--poll",
+        "2",
+    ]
     assert main["serving-sync"]["args"] == [
-        "serving-sync", "--store", "s3://medkfp", "--dir", "/models", "--interval", "2",
-        "--server", "127.0.0.1:8500", "--health-port", "8090"]
-    env = {e["name"]: e["valueFrom"]["configMapKeyRef"]
-           for e in main["serving-sync"]["env"] if "valueFrom" in e}
+        "serving-sync",
+        "--store",
+        "s3://medkfp",
+        "--dir",
+        "/models",
+        "--interval",
+        "2",
+        "--server",
+        "127.0.0.1:8500",
+        "--health-port",
+        "8090",
+    ]
+    env = {
+        e["name"]: e["valueFrom"]["configMapKeyRef"] for e in main["serving-sync"]["env"] if "valueFrom" in e
+    }
     assert env == {v: {"name": "medkfp-store-local", "key": k} for v, k in SECRET_KEYS.items()}
     assert "secretKeyRef" not in str(pod), "kube play fails on secretKeyRef to a Secret in the same YAML"
     # The ConfigMap's keys are the loopback test server's dummy ones, nothing else.
@@ -543,6 +620,7 @@ def test_local_overlay_holds_only_what_kube_play_runs():
 
 
 # ---- credentials -----------------------------------------------------------------------------
+
 
 def test_no_credential_is_tracked():
     """The env files are git-ignored, only the .example (placeholders) is tracked, and no tracked
@@ -556,8 +634,11 @@ def test_no_credential_is_tracked():
         env_file = example.with_suffix("").relative_to(ROOT)
         ignored = subprocess.run([git, "check-ignore", "-q", str(env_file)], cwd=ROOT)
         assert ignored.returncode == 0, f"{env_file} is not git-ignored"
-        values = dict(line.split("=", 1) for line in example.read_text().splitlines()
-                      if line and not line.startswith("#"))
+        values = dict(
+            line.split("=", 1)
+            for line in example.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
         assert set(values) == set(SECRET_KEYS.values())
         assert "REPLACE" in values["access-key"] and "REPLACE" in values["secret-key"]
     listed = subprocess.run([git, "ls-files", "k8s"], cwd=ROOT, capture_output=True, text=True)

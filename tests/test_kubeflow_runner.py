@@ -105,7 +105,9 @@ def test_submit_uploads_once_and_starts_a_run_with_the_pipelines_parameters(caps
     assert parameters["min_recall"] == {"COVID": 0.9}
     assert parameters["epochs"] == 3 and parameters["grid"] == "quick"
     assert run_post.body["pipeline_version_reference"] == {
-        "pipeline_id": first["pipeline_id"], "pipeline_version_id": first["pipeline_version_id"]}
+        "pipeline_id": first["pipeline_id"],
+        "pipeline_version_id": first["pipeline_version_id"],
+    }
     # The machine that submits never reads the data or the store: only the KFP API was called.
     assert all(r.path.startswith("/apis/v2beta1/") for r in kfp_api.requests)
 
@@ -171,7 +173,8 @@ def test_a_pipeline_uploaded_by_hand_gets_the_submitted_version(capsys, kfp_api,
     assert main(["compile", "--out", str(tmp_path / "pipeline.yaml")]) == 0
     with pytest.warns(FutureWarning):
         by_hand = kfp.Client(host=kfp_api.url).upload_pipeline(
-            str(tmp_path / "pipeline.yaml"), pipeline_name=configs.PIPELINE_NAME)
+            str(tmp_path / "pipeline.yaml"), pipeline_name=configs.PIPELINE_NAME
+        )
     capsys.readouterr()
     result = submit(capsys, kfp_api)
     assert result["pipeline_id"] == by_hand.pipeline_id
@@ -203,15 +206,19 @@ def test_a_multi_user_kfp_needs_a_namespace(capsys):
         assert kfp_api.experiments[result["experiment_id"]]["namespace"] == "team-radiology"
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--source", "/data/covid"], "--source /data/covid"),
-    (["--source", "s3://raw/x", "--store", ".medkfp/store"], "--store .medkfp/store"),
-    (["--source", "s3://raw/x", "--min-recall", "Covid=0.9"], "'Covid'"),
-    (["--source", "s3://raw/x", "--label", "severity"], "--label severity"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--source", "/data/covid"], "--source /data/covid"),
+        (["--source", "s3://raw/x", "--store", ".medkfp/store"], "--store .medkfp/store"),
+        (["--source", "s3://raw/x", "--min-recall", "Covid=0.9"], "'Covid'"),
+        (["--source", "s3://raw/x", "--label", "severity"], "--label severity"),
+    ],
+)
 def test_bad_run_parameters_fail_before_any_request(capsys, kfp_api, options, message):
-    status, _, err = cli(capsys, "submit", "--host", kfp_api.url, "--dataset", "covid19-radiography",
-                         *options)
+    status, _, err = cli(
+        capsys, "submit", "--host", kfp_api.url, "--dataset", "covid19-radiography", *options
+    )
     assert status == 2
     assert message in error_line(err)
     assert kfp_api.requests == []
@@ -303,19 +310,22 @@ def test_schedule_list_and_delete(capsys, kfp_api):
     assert kfp_api.recurring_runs == {}
 
 
-@pytest.mark.parametrize("cron", ["0 2 * * *", "0 0 25 * * *", "0 0 2 * * MON-FUN", "0 0 2 * * * *",
-                                  "@daily"])
+@pytest.mark.parametrize(
+    "cron", ["0 2 * * *", "0 0 25 * * *", "0 0 2 * * MON-FUN", "0 0 2 * * * *", "@daily"]
+)
 def test_a_bad_cron_fails_before_any_request(capsys, kfp_api, cron):
-    status, _, err = cli(capsys, "schedule", "create", "--host", kfp_api.url, *RUN,
-                         "--schedule", "x", "--cron", cron)
+    status, _, err = cli(
+        capsys, "schedule", "create", "--host", kfp_api.url, *RUN, "--schedule", "x", "--cron", cron
+    )
     assert status == 2
     line = error_line(err)
     assert repr(cron) in line and '"0 0 2 * * *"' in line  # names the problem and shows a valid one
     assert kfp_api.requests == []
 
 
-@pytest.mark.parametrize("cron", ["0 0 2 * * *", "0 */15 * * * MON-FRI", "0 0 9 ? * 2-6",
-                                  "30 0 0 1 JAN,JUL *", "0 0 0 1-7 * SUN"])
+@pytest.mark.parametrize(
+    "cron", ["0 0 2 * * *", "0 */15 * * * MON-FRI", "0 0 9 ? * 2-6", "30 0 0 1 JAN,JUL *", "0 0 0 1-7 * SUN"]
+)
 def test_valid_crons_pass(cron):
     assert check_cron(cron) == cron
 
@@ -332,8 +342,10 @@ def test_version_names_derive_from_the_spec_hash():
 
 
 def test_the_cli_does_not_import_kfp_to_build_its_parser():
-    code = ("import sys; from medkfp.cli import build_parser; build_parser().parse_args(['schedule', 'list', "
-            "'--host', 'http://x']); print(sorted(m for m in ('kfp', 'tensorflow') if m in sys.modules))")
+    code = (
+        "import sys; from medkfp.cli import build_parser; build_parser().parse_args(['schedule', 'list', "
+        "'--host', 'http://x']); print(sorted(m for m in ('kfp', 'tensorflow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert yaml.safe_load(out) == []
 

@@ -33,7 +33,7 @@ def step_of(module: str) -> str | None:
     """The step package a module name belongs to, or None."""
     for prefix in ("medkfp.components.", "components."):
         if module.startswith(prefix):
-            step = module[len(prefix):].split(".")[0]
+            step = module[len(prefix) :].split(".")[0]
             return step if step in STEPS else None
     return None
 

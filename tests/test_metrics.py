@@ -31,17 +31,23 @@ from medkfp.metrics import (
 STUDY = {
     "A": {
         "matrix": [[689, 0, 3, 2], [5, 1152, 68, 0], [1, 92, 1941, 7], [0, 0, 9, 264]],
-        "recall": [99, 94, 95, 97], "precision": [99, 93, 96, 97], "f1": [99, 93, 96, 97],
+        "recall": [99, 94, 95, 97],
+        "precision": [99, 93, 96, 97],
+        "f1": [99, 93, 96, 97],
         "accuracy": 95.58,
     },
     "B": {
         "matrix": [[680, 3, 9, 2], [8, 1050, 129, 1], [13, 92, 1961, 9], [0, 0, 5, 271]],
-        "recall": [98, 88, 95, 98], "precision": [97, 92, 93, 96], "f1": [97, 90, 94, 97],
+        "recall": [98, 88, 95, 98],
+        "precision": [97, 92, 93, 96],
+        "f1": [97, 90, 94, 97],
         "accuracy": 93.60,
     },
     "C": {
         "matrix": [[673, 3, 15, 3], [1, 1090, 97, 0], [6, 69, 1987, 13], [0, 0, 1, 275]],
-        "recall": [97, 92, 96, 100], "precision": [98, 94, 95, 95], "f1": [98, 93, 95, 97],
+        "recall": [97, 92, 96, 100],
+        "precision": [98, 94, 95, 95],
+        "f1": [98, 93, 95, 97],
         "accuracy": 95.09,
     },
 }
@@ -62,8 +68,10 @@ def test_study_tables_follow_from_its_confusion_matrices(model):
 
 
 def test_headline_result_is_model_a():
-    accuracies = {m: metrics_from_confusion_matrix(s["matrix"], vocab.COVID_CLASSES)["accuracy"]
-                  for m, s in STUDY.items()}
+    accuracies = {
+        m: metrics_from_confusion_matrix(s["matrix"], vocab.COVID_CLASSES)["accuracy"]
+        for m, s in STUDY.items()
+    }
     assert max(accuracies, key=accuracies.get) == "A"
     assert sum(sum(row) for row in STUDY["A"]["matrix"]) == 4233  # the study's test split
 
@@ -235,11 +243,13 @@ def test_temperature_fitted_on_validation_lowers_ece_on_a_held_out_split():
     # the top class never changes
     assert (after_probabilities.argmax(1) == test_logits.argmax(1)).all()
     calibration, reliability = calibration_metrics(after_probabilities, test_y, temperature)
-    assert calibration == {"ece": pytest.approx(after), "ece_uncalibrated": pytest.approx(before),
-                           "temperature": temperature}
+    assert calibration == {
+        "ece": pytest.approx(after),
+        "ece_uncalibrated": pytest.approx(before),
+        "temperature": temperature,
+    }
     assert sum(b["count"] for b in reliability["uncalibrated"]) == 600
-    np.testing.assert_allclose(uncalibrate(after_probabilities, temperature), softmax(test_logits),
-                               atol=1e-9)
+    np.testing.assert_allclose(uncalibrate(after_probabilities, temperature), softmax(test_logits), atol=1e-9)
 
 
 def test_a_validation_split_without_errors_gets_laplaces_confidence_not_certainty():

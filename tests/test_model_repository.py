@@ -32,8 +32,14 @@ METRICS = {
         c: {"precision": 0.9, "recall": 0.8, "specificity": 0.95, "f1": 0.85, "support": 10} for c in CLASSES
     },
 }
-METADATA = {"dataset": "shapes", "candidate": {"name": "simple-cnn-none"}, "class_names": CLASSES,
-            "metrics": METRICS, "run_id": "run-1", "created": "2026-01-01T00:00:00+00:00"}
+METADATA = {
+    "dataset": "shapes",
+    "candidate": {"name": "simple-cnn-none"},
+    "class_names": CLASSES,
+    "metrics": METRICS,
+    "run_id": "run-1",
+    "created": "2026-01-01T00:00:00+00:00",
+}
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +160,8 @@ def unservable(tmp_path_factory):
             "input image_bytes is DT_FLOAT [-1, 4], not a batch of encoded images (DT_STRING [-1])",
         ),
         "no-default": (
-            no_default_signature(tmp / "other"), "has no serving_default signature (it has: predict);"
+            no_default_signature(tmp / "other"),
+            "has no serving_default signature (it has: predict);",
         ),
     }
 
@@ -311,19 +318,45 @@ def test_models_publish_list_rollback_commands(capsys, tmp_path, saved_model, un
     store = str(tmp_path / "store")
     (tmp_path / "meta.json").write_text(json.dumps({"dataset": "elsewhere", "metrics": METRICS}))
 
-    status, out, err = cli(capsys, "models", "publish", "--model", "m", "--saved-model",
-                           str(unservable["keras-default"][0]), "--store", store)
+    status, out, err = cli(
+        capsys,
+        "models",
+        "publish",
+        "--model",
+        "m",
+        "--saved-model",
+        str(unservable["keras-default"][0]),
+        "--store",
+        store,
+    )
     assert status == 2 and out == ""
     assert err.startswith("medkfp: error: SavedModel ") and err.count("\n") == 1
     assert "serving_default takes pixels, not image_bytes" in err
 
-    publish_args = ("models", "publish", "--model", "m", "--saved-model", str(saved_model), "--store", store,
-                    "--metadata", str(tmp_path / "meta.json"), "--class-names", "a,b,c")
+    publish_args = (
+        "models",
+        "publish",
+        "--model",
+        "m",
+        "--saved-model",
+        str(saved_model),
+        "--store",
+        store,
+        "--metadata",
+        str(tmp_path / "meta.json"),
+        "--class-names",
+        "a,b,c",
+    )
     for _ in range(2):
         status, out, _ = cli(capsys, *publish_args)
         assert status == 0
-    assert json.loads(out) == {"model": "m", "version": 2, "stable": 2, "loaded": [1, 2],
-                               "uri": f"{store}/models/m/2"}
+    assert json.loads(out) == {
+        "model": "m",
+        "version": 2,
+        "stable": 2,
+        "loaded": [1, 2],
+        "uri": f"{store}/models/m/2",
+    }
 
     status, out, _ = cli(capsys, "models", "rollback", "--model", "m", "--store", store)
     assert status == 0
@@ -332,7 +365,8 @@ def test_models_publish_list_rollback_commands(capsys, tmp_path, saved_model, un
     status, out, _ = cli(capsys, "models", "list", "--model", "m", "--store", store, "--json")
     rows = json.loads(out)
     assert [(r["version"], r["stable"], r["loaded"], r["macro_f1"]) for r in rows] == [
-        (1, True, True, 0.87), (2, False, False, 0.87)
+        (1, True, True, 0.87),
+        (2, False, False, 0.87),
     ]
     assert ModelRepository(LocalStore(store)).metadata("m", 1)["class_names"] == CLASSES
 

@@ -47,7 +47,8 @@ def test_six_steps_plus_grid_fan_out(compiled):
     items = root["for-loop-1"]["parameterIterator"]["items"]
     assert items["inputParameter"] == "pipelinechannel--grid-Output"
     assert root["preprocess"]["inputs"]["parameters"]["image_size"]["taskOutputParameter"] == {
-        "outputParameterKey": "Output", "producerTask": "grid-image-size",
+        "outputParameterKey": "Output",
+        "producerTask": "grid-image-size",
     }
 
 
@@ -62,7 +63,9 @@ def test_gpu_request_toleration_and_retry_on_train_only(compiled):
     assert platform["exec-train"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     tasks = all_tasks(spec)
     assert tasks["train"]["retryPolicy"] == {
-        "maxRetryCount": configs.TRAIN_RETRIES, "backoffDuration": "60s", "backoffFactor": 2.0,
+        "maxRetryCount": configs.TRAIN_RETRIES,
+        "backoffDuration": "60s",
+        "backoffFactor": 2.0,
         "backoffMaxDuration": "600s",
     }
     assert [t for t, body in tasks.items() if "retryPolicy" in body] == ["train"]
@@ -71,9 +74,15 @@ def test_gpu_request_toleration_and_retry_on_train_only(compiled):
 
 def test_compile_options_place_the_train_task(tmp_path):
     spec, platform = compile_with(
-        tmp_path / "p.yaml", "--gpus", "2",
-        "--gpu-node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
-        "--gpu-toleration", "nvidia.com/gpu=present:NoSchedule", "--gpu-toleration", "dedicated:NoExecute",
+        tmp_path / "p.yaml",
+        "--gpus",
+        "2",
+        "--gpu-node-selector",
+        "cloud.google.com/gke-accelerator=nvidia-l4",
+        "--gpu-toleration",
+        "nvidia.com/gpu=present:NoSchedule",
+        "--gpu-toleration",
+        "dedicated:NoExecute",
     )
     accelerator = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
     assert accelerator["resourceCount"] == "2"
@@ -122,6 +131,7 @@ def test_components_declare_their_artifacts(compiled):
     }
     assert artifact_types("push", "input")["evaluations"] == "system.Artifact"
     assert artifact_types("push", "output") == {"summary": "system.Artifact", "comparison": "system.HTML"}
+
     def output_type(name):
         return components[f"comp-{name}"]["outputDefinitions"]["parameters"]["Output"]["parameterType"]
 

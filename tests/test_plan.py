@@ -50,8 +50,11 @@ def run_plan(capsys, *args: str) -> tuple[int, dict | None, str]:
 
 
 def assert_counts_add_up(report: dict) -> None:
-    assert report["found"] == report["accepted"] + report["rejected"] == (
-        sum(report["classes"].values()) + len(report["rejects"]))
+    assert (
+        report["found"]
+        == report["accepted"] + report["rejected"]
+        == (sum(report["classes"].values()) + len(report["rejects"]))
+    )
 
 
 # --- MIAS -----------------------------------------------------------------------------------
@@ -74,10 +77,18 @@ def test_hand_written_info_txt_parses_fully(tmp_path):
     scan = scan_source(vocab.MIAS, tmp_path / "MIAS")
     films = {item.path.rsplit("/", 1)[-1]: item for item in scan.files}
     assert len(films) == 12 and scan.unlabelled == [] and scan.notes == []
-    assert films["mdb005.pgm"].meta == {"abnormality": "CIRC", "tissue": "F", "severity": "benign",
-                                        "lesions": 2}
-    assert films["mdb238.pgm"].meta == {"abnormality": "CALC", "tissue": "F", "severity": "malignant",
-                                        "lesions": 0}
+    assert films["mdb005.pgm"].meta == {
+        "abnormality": "CIRC",
+        "tissue": "F",
+        "severity": "benign",
+        "lesions": 2,
+    }
+    assert films["mdb238.pgm"].meta == {
+        "abnormality": "CALC",
+        "tissue": "F",
+        "severity": "malignant",
+        "lesions": 0,
+    }
     assert films["mdb003.pgm"].meta["severity"] == "normal"
     assert films["mdb237.pgm"].group == films["mdb238.pgm"].group == "mias-pair-119"
     assert films["mdb001.pgm"].group == films["mdb002.pgm"].group != films["mdb003.pgm"].group
@@ -123,8 +134,17 @@ def test_plan_on_mias_reports_seven_classes_pairs_and_severity(tmp_path, capsys)
     assert report["problems"] == []
     assert all(all(n > 0 for n in report["splits"][s].values()) for s in vocab.SPLITS)
 
-    status, severity, _ = run_plan(capsys, "--dataset", "mias", "--source", str(tmp_path / "mias"),
-                                   "--label", "severity", "--test-fraction", "0.3")
+    status, severity, _ = run_plan(
+        capsys,
+        "--dataset",
+        "mias",
+        "--source",
+        str(tmp_path / "mias"),
+        "--label",
+        "severity",
+        "--test-fraction",
+        "0.3",
+    )
     assert status == 0 and list(severity["classes"]) == list(vocab.SEVERITY_CLASSES)
     assert severity["classes"] == report["severity"]
     assert severity["leakage"]["groups_across_splits"] == 0
@@ -135,8 +155,9 @@ def test_plan_on_mias_reports_seven_classes_pairs_and_severity(tmp_path, capsys)
 
 def test_plan_balancing_and_split_match_what_the_run_does(tmp_path, capsys):
     synth_covid(tmp_path / "covid", counts=[36, 60, 102, 13], size=16)
-    status, report, _ = run_plan(capsys, "--dataset", vocab.COVID, "--source", str(tmp_path / "covid"),
-                                 "--seed", "3")
+    status, report, _ = run_plan(
+        capsys, "--dataset", vocab.COVID, "--source", str(tmp_path / "covid"), "--seed", "3"
+    )
     assert status == 0
     train = report["splits"]["train"]
     balanced = report["balanced_train"]
@@ -162,8 +183,12 @@ def test_plan_reproduces_table_ii_on_the_study_counts(tmp_path, capsys):
     train = report["splits"]["train"]
     assert sum(report["balanced_train"]["undersample"].values()) == 4 * min(train.values())
     assert sum(report["balanced_train"]["oversample"].values()) == 4 * max(train.values())
-    assert report["leakage"] == {"groups_across_splits": 0, "duplicate_files": 0, "duplicate_sets": 0,
-                                 "groups": 0}
+    assert report["leakage"] == {
+        "groups_across_splits": 0,
+        "duplicate_files": 0,
+        "duplicate_sets": 0,
+        "groups": 0,
+    }
 
 
 # --- broken files ---------------------------------------------------------------------------------
@@ -188,8 +213,9 @@ def test_plan_lists_every_broken_file_and_the_counts_add_up(shapes_folder, capsy
 
 def test_plan_fails_over_the_rejected_fraction_after_reporting(shapes_folder, capsys):
     write_broken_files(shapes_folder / "stripes")
-    status, report, err = run_plan(capsys, "--dataset", "imagefolder", "--source", str(shapes_folder),
-                                   "--max-rejected-fraction", "0.25")
+    status, report, err = run_plan(
+        capsys, "--dataset", "imagefolder", "--source", str(shapes_folder), "--max-rejected-fraction", "0.25"
+    )
     assert status == 2
     assert report["problems"] and report["rejected"] == 17
     [line] = err.strip().splitlines()

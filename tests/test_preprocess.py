@@ -108,8 +108,9 @@ def read_records(store, keys: list[str], tmp_path) -> list[dict]:
     for key in keys:
         path = tmp_path / key.rsplit("/", 1)[-1]
         store.get_file(key, path)
-        records += [{k: v.numpy() for k, v in parse_example(r).items()}
-                    for r in tf.data.TFRecordDataset(str(path))]
+        records += [
+            {k: v.numpy() for k, v in parse_example(r).items()} for r in tf.data.TFRecordDataset(str(path))
+        ]
     return records
 
 
@@ -132,8 +133,11 @@ def test_preprocess_writes_resized_shards_per_split(s3_env, tmp_path):
 def test_shards_are_bounded_counted_and_checksummed(shapes_folder, local_store, tmp_path):
     image_size = 16
     max_bytes = 5 * (image_size * image_size * 3 + 1024)  # a handful of records per shard
-    summary = preprocess(ingest(vocab.IMAGEFOLDER, str(shapes_folder), local_store.uri, RUN),
-                         image_size, shard_max_bytes=max_bytes)
+    summary = preprocess(
+        ingest(vocab.IMAGEFOLDER, str(shapes_folder), local_store.uri, RUN),
+        image_size,
+        shard_max_bytes=max_bytes,
+    )
     per_shard = records_per_shard(image_size, vocab.SHARD_MAX_RECORDS, max_bytes)
     assert 1 < per_shard <= 6
     train = summary["splits"]["train"]

@@ -22,8 +22,9 @@ SUMMARY_KEYS = {"dataset", "counts", "candidates", "selected", "selection_metric
 CANDIDATE_KEYS = {"name", "architecture", "balancing", "metrics", "model_uri"}
 
 
-def champion_decision(challenger: dict, champion: dict | None, metric: str, min_delta: float,
-                      min_recall=None):
+def champion_decision(
+    challenger: dict, champion: dict | None, metric: str, min_delta: float, min_recall=None
+):
     """(push?, reason) of the champion gate for a challenger against the served champion's metadata."""
     gate = champion_gate(challenger, champion, metric, min_delta, min_recall)
     return gate["push"], gate["reason"]
@@ -159,8 +160,15 @@ def test_push_holds_back_a_model_below_a_recall_floor(trained_shapes, scored, tm
     store, ingested, dataset, _ = trained_shapes
     weak = copy.deepcopy(scored)
     weak["metrics"]["per_class"]["plain"]["recall"] = 0.5
-    summary = push([weak], ingested, dataset, store.uri, model_name="shapes-floor",
-                   min_recall={"plain": 0.9}, comparison_path=tmp_path / "table.html")
+    summary = push(
+        [weak],
+        ingested,
+        dataset,
+        store.uri,
+        model_name="shapes-floor",
+        min_recall={"plain": 0.9},
+        comparison_path=tmp_path / "table.html",
+    )
     assert_not_pushed(summary, "below the recall floor: plain 0.5000 < 0.9")
     assert ModelRepository(store).complete_versions("shapes-floor") == []
     assert "Nothing pushed" in (tmp_path / "table.html").read_text()
@@ -171,12 +179,21 @@ def test_push_holds_back_a_model_below_a_recall_floor(trained_shapes, scored, tm
 def test_push_selects_by_the_given_metric(trained_shapes, scored):
     store, ingested, dataset, _ = trained_shapes
     better_balanced = copy.deepcopy(scored)
-    better_balanced["candidate"] = {**scored["candidate"], "name": "simple-cnn-oversample",
-                                    "balancing": "oversample"}
+    better_balanced["candidate"] = {
+        **scored["candidate"],
+        "name": "simple-cnn-oversample",
+        "balancing": "oversample",
+    }
     better_balanced["metrics"]["macro_f1"] -= 0.1
     better_balanced["metrics"]["balanced_accuracy"] += 0.1
-    summary = push([scored, better_balanced], ingested, dataset, store.uri, model_name="shapes-metric",
-                   metric="balanced_accuracy")
+    summary = push(
+        [scored, better_balanced],
+        ingested,
+        dataset,
+        store.uri,
+        model_name="shapes-metric",
+        metric="balanced_accuracy",
+    )
     assert summary["selected"] == "simple-cnn-oversample"
     assert summary["selection_metric"] == "balanced_accuracy"
     assert_pushed(summary, 1)

@@ -231,8 +231,14 @@ def test_request_tensors_are_read_as_tf_reads_them():
         (tf.make_tensor_proto([], dtype=tf.string, shape=[0]), strings),
         (padded, strings),
         (tf.make_tensor_proto(np.arange(12, dtype=np.float32).reshape(2, 2, 3)), floats),
-        (tensor_pb2.TensorProto(dtype=tf.float32.as_datatype_enum, float_val=[1.5] * 6,
-                                tensor_shape={"dim": [{"size": 1}, {"size": 2}, {"size": 3}]}), floats),
+        (
+            tensor_pb2.TensorProto(
+                dtype=tf.float32.as_datatype_enum,
+                float_val=[1.5] * 6,
+                tensor_shape={"dim": [{"size": 1}, {"size": 2}, {"size": 3}]},
+            ),
+            floats,
+        ),
     ]
     for proto, spec in cases:
         expected, array = tf.make_ndarray(proto), _to_ndarray(proto, spec)
@@ -248,8 +254,10 @@ def test_request_above_size_limit_is_refused(prediction):
 
 def test_image_and_batch_limits_are_invalid_argument(prediction):
     cases = [
-        (predict_request(images=[IMAGES[0], png("L", 300, 200, 3)]),
-         "image 1 of the request is 300x200 pixels, above this server's limit of 40000 pixels"),
+        (
+            predict_request(images=[IMAGES[0], png("L", 300, 200, 3)]),
+            "image 1 of the request is 300x200 pixels, above this server's limit of 40000 pixels",
+        ),
         (predict_request(images=IMAGES[:1] * 9), "holds 9 items, above this server's limit of 8"),
     ]
     for request, message in cases:

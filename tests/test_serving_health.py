@@ -55,8 +55,9 @@ def test_ready_only_once_the_server_reports_every_mirrored_version_available(tmp
     status, body = probe(port, "/readyz")
     assert status == 503 and "does not answer" in body  # mirrored, but no server yet
 
-    with start_server(MirrorStore(mirror), port=grpc_port, host="127.0.0.1", poll_interval=0.1,
-                      cache_dir=tmp_path / "cache"):
+    with start_server(
+        MirrorStore(mirror), port=grpc_port, host="127.0.0.1", poll_interval=0.1, cache_dir=tmp_path / "cache"
+    ):
         wait_for(lambda: probe(port, "/readyz")[0] == 200, what="/readyz 200")
         assert probe(port, "/readyz")[1].strip() == "ok"
 

@@ -202,7 +202,8 @@ def fake_tfserving(folder: Path, args_file: Path) -> Path:
     --model_config_file sits in with the built-in server, on its --port."""
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / vocab.TF_SERVING_BINARY
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import json, os, sys
         from pathlib import Path
@@ -213,7 +214,8 @@ def fake_tfserving(folder: Path, args_file: Path) -> Path:
             "--port", flags["port"], "--poll", flags["model_config_file_poll_wait_seconds"],
             "--model-dir", str(Path(flags["model_config_file"]).parent),
         ])
-    """))
+    """)
+    )
     script.chmod(0o755)
     return script
 
@@ -247,21 +249,31 @@ def test_serve_runs_tensorflow_model_server_over_the_synced_mirror(tmp_path, mod
     ready, stop = threading.Event(), threading.Event()
     supervisor = threading.Thread(
         target=serve_with_tfserving,
-        kwargs=dict(store_uri=str(store), model_dir=mirror, port=port, poll_interval=0.5,
-                    ready_event=ready, stop_event=stop),
+        kwargs=dict(
+            store_uri=str(store),
+            model_dir=mirror,
+            port=port,
+            poll_interval=0.5,
+            ready_event=ready,
+            stop_event=stop,
+        ),
     )
     supervisor.start()
     try:
         assert ready.wait(30)
         wait_for(lambda: serving(address), timeout=90, what="TF Serving stand-in up")
-        assert json.loads(args_file.read_text()) == tfserving_command(
-            str(binary), mirror / vocab.MODELS_CONFIG, port, 0.5
-        )[1:]
+        assert (
+            json.loads(args_file.read_text())
+            == tfserving_command(str(binary), mirror / vocab.MODELS_CONFIG, port, 0.5)[1:]
+        )
         assert client.predict(address, "m", [IMAGE], label="stable")["predictions"][0]["class"] == "a"
 
         publish(LocalStore(store), models[1])
-        wait_for(lambda: client.predict(address, "m", [IMAGE], label="stable")["version"] == 2,
-                 timeout=60, what="stable moved to v2")
+        wait_for(
+            lambda: client.predict(address, "m", [IMAGE], label="stable")["version"] == 2,
+            timeout=60,
+            what="stable moved to v2",
+        )
         assert client.predict(address, "m", [IMAGE])["predictions"][0]["class"] == "b"
         assert local_config(mirror)[:2] == ([1, 2], {"stable": 2})
     finally:

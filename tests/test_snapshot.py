@@ -29,8 +29,13 @@ def test_ingest_records_its_snapshot_with_the_run(tmp_path):
     assert summary["snapshot_key"] == "runs/run-a/ingest/snapshot.json"
     recorded = store.get_json(summary["snapshot_key"])
     reference = summary["snapshot"]
-    assert reference == {"id": recorded["id"], "uri": store.uri_for(summary["snapshot_key"]),
-                         "source": str(folder), "listed_at": recorded["listed_at"], "files": 12}
+    assert reference == {
+        "id": recorded["id"],
+        "uri": store.uri_for(summary["snapshot_key"]),
+        "source": str(folder),
+        "listed_at": recorded["listed_at"],
+        "files": 12,
+    }
     datetime.fromisoformat(recorded["listed_at"])
     by_path = {f["path"]: f for f in recorded["files"]}
     assert set(by_path) == {f"{c}/{c}-{i}.png" for c in ("circles", "plain", "stripes") for i in range(4)}
@@ -75,7 +80,8 @@ def test_data_changes_say_why_there_is_nothing_to_compare(tmp_path):
     assert snapshot.data_changes(None, None, store, None)["note"].startswith("no champion yet")
     old_version = {"version": 3, "metrics": {}}
     assert snapshot.data_changes(old_version, {"id": "x"}, store, "runs/r/ingest/snapshot.json")["note"] == (
-        "champion v3 records no data snapshot")
+        "champion v3 records no data snapshot"
+    )
     missing = {"version": 4, "snapshot": {"id": "y", "uri": str(tmp_path / "gone" / "snapshot.json")}}
     store.put_json("runs/r/ingest/snapshot.json", {"id": "x", "files": []})
     note = snapshot.data_changes(missing, {"id": "x"}, store, "runs/r/ingest/snapshot.json")["note"]

@@ -46,8 +46,10 @@ def upload_folder(folder: Path, bucket: str, prefix: str) -> str:
 def images_of(summary: dict, strip: str = "") -> set[tuple[str, str, str]]:
     """(path without the wrapper, label, content hash) of every accepted image."""
     manifest = read_manifest(summary)
-    return {(p.removeprefix(strip), label, h)
-            for p, label, h in zip(manifest["path"], manifest["label"], manifest["sha256"])}
+    return {
+        (p.removeprefix(strip), label, h)
+        for p, label, h in zip(manifest["path"], manifest["label"], manifest["sha256"])
+    }
 
 
 @pytest.fixture

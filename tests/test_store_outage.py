@@ -23,8 +23,13 @@ from medkfp.model_repository import CONFIG_KEY, ModelRepository
 from medkfp.s3server import free_port, loopback_s3
 from medkfp.store import RETRY_SECONDS_ENV, StoreError, open_store
 
-METADATA = {"dataset": "shapes", "candidate": {"name": "simple-cnn-none"}, "class_names": CLASSES,
-            "metrics": {"macro_f1": 0.9}, "run_id": "run-o"}
+METADATA = {
+    "dataset": "shapes",
+    "candidate": {"name": "simple-cnn-none"},
+    "class_names": CLASSES,
+    "metrics": {"macro_f1": 0.9},
+    "run_id": "run-o",
+}
 
 
 class Relay:

@@ -133,11 +133,17 @@ def test_weights_are_imagenet_none_or_a_file_from_the_store(s3_env, tmp_path):
 def test_gpus_switch_on_mixed_precision_xla_and_mirrored_strategy():
     on_cpu = plan_devices([])
     assert (on_cpu.mixed_precision, on_cpu.xla, on_cpu.mirrored, on_cpu.policy) == (
-        False, False, False, "float32",
+        False,
+        False,
+        False,
+        "float32",
     )
     on_gpus = plan_devices(["/device:GPU:0", "/device:GPU:1"])
     assert (on_gpus.mixed_precision, on_gpus.xla, on_gpus.mirrored, on_gpus.policy) == (
-        True, True, True, "mixed_float16",
+        True,
+        True,
+        True,
+        "mixed_float16",
     )
 
 
@@ -179,7 +185,10 @@ def test_killed_training_resumes_from_its_last_checkpoint(prepared):
 
     watch = Watch()
     resumed = train(
-        prepared.dataset, prepared.balanced("undersample"), candidate, callbacks=[watch],
+        prepared.dataset,
+        prepared.balanced("undersample"),
+        candidate,
+        callbacks=[watch],
         strategy=tf.distribute.MirroredStrategy(["/cpu:0"]),
     )
     assert watch.epochs == [2, 3]  # only the remaining epochs ran
@@ -272,8 +281,14 @@ def test_real_backbone_with_weights_from_the_store(s3_env, tmp_path):
     store.put_file("weights/mobilenetv2.weights.h5", tmp_path / "w.weights.h5")
     prepared = prepare_shapes(tmp_path, store.uri, per_class=12, size=SIZE)
     candidate = vocab.Candidate(
-        "mobilenetv2", "oversample", batch_size=8, learning_rate=1e-3, epochs=2, dense_units=32,
-        weights="s3://medkfp-train/weights/{architecture}.weights.h5", freeze_backbone=True,
+        "mobilenetv2",
+        "oversample",
+        batch_size=8,
+        learning_rate=1e-3,
+        epochs=2,
+        dense_units=32,
+        weights="s3://medkfp-train/weights/{architecture}.weights.h5",
+        freeze_backbone=True,
     ).to_dict()
     balanced = prepared.balanced("oversample")
     watch = Watch()

@@ -30,8 +30,9 @@ class Prepared:
         return balance(self.dataset, strategy)
 
 
-def prepare_shapes(root: Path, store_uri: str | None = None, per_class: int = 30, size: int = 32,
-                   run_id: str = RUN) -> Prepared:
+def prepare_shapes(
+    root: Path, store_uri: str | None = None, per_class: int = 30, size: int = 32, run_id: str = RUN
+) -> Prepared:
     """Ingest and preprocess a shapes imagefolder into `store_uri` (default: a folder in root)."""
     store = open_store(store_uri or str(root / "store"))
     folder = write_shapes_folder(root / "shapes", per_class=per_class)
@@ -40,8 +41,9 @@ def prepare_shapes(root: Path, store_uri: str | None = None, per_class: int = 30
 
 
 def quick_candidate(balancing: str = "none", epochs: int = 12, **settings) -> dict:
-    return vocab.Candidate("simple-cnn", balancing, batch_size=8, learning_rate=3e-3, epochs=epochs,
-                           **settings).to_dict()
+    return vocab.Candidate(
+        "simple-cnn", balancing, batch_size=8, learning_rate=3e-3, epochs=epochs, **settings
+    ).to_dict()
 
 
 def train_shapes(root: Path):

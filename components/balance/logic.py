@@ -131,7 +131,8 @@ def balance_html(summary: dict, chart_png: bytes | None = None) -> str:
     weights = summary.get("class_weights", {})
     rows = "".join(
         f"<tr><td>{html.escape(c)}</td><td>{summary['before'][c]}</td><td>{summary['after'][c]}</td>"
-        + (f"<td>{weights[c]:.3f}</td>" if weights else "") + "</tr>"
+        + (f"<td>{weights[c]:.3f}</td>" if weights else "")
+        + "</tr>"
         for c in summary["before"]
     )
     weight_head = "<th>class weight</th>" if weights else ""

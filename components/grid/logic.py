@@ -67,19 +67,22 @@ def file_grid(grid: str) -> tuple[vocab.Candidate, ...]:
 def check_weights(weights: str) -> None:
     if weights not in vocab.WEIGHTS and not weights.endswith(".h5"):
         raise InvalidInput(
-            f"weights {weights!r}: use imagenet, none, or the s3:// URI or path of a "
-            ".weights.h5 / .h5 file"
+            f"weights {weights!r}: use imagenet, none, or the s3:// URI or path of a .weights.h5 / .h5 file"
         )
 
 
 def check_candidate(c: vocab.Candidate) -> None:
     """Raise ValueError naming the bad setting of one candidate and its allowed values."""
-    choices = (("architecture", vocab.ARCHITECTURES), ("balancing", vocab.BALANCING),
-               ("optimizer", vocab.OPTIMIZERS))
+    choices = (
+        ("architecture", vocab.ARCHITECTURES),
+        ("balancing", vocab.BALANCING),
+        ("optimizer", vocab.OPTIMIZERS),
+    )
     for key, allowed in choices:
         if getattr(c, key) not in allowed:
-            raise InvalidInput(f"candidate {c.name}: unknown {key} {getattr(c, key)!r}; use one of "
-                             f"{', '.join(allowed)}")
+            raise InvalidInput(
+                f"candidate {c.name}: unknown {key} {getattr(c, key)!r}; use one of {', '.join(allowed)}"
+            )
     check_weights(c.weights)
     if c.architecture == "simple-cnn" and c.weights != "none":
         raise InvalidInput(f"candidate {c.name}: simple-cnn has no pretrained weights; use weights none")

@@ -21,6 +21,13 @@ def ingest(
     from medkfp.artifacts import write_json_artifact
     from medkfp.components.ingest.logic import ingest
 
-    summary = ingest(dataset, source, store, run_id, label=label, max_rejected_fraction=max_rejected_fraction,
-                     labels=labels)
+    summary = ingest(
+        dataset,
+        source,
+        store,
+        run_id,
+        label=label,
+        max_rejected_fraction=max_rejected_fraction,
+        labels=labels,
+    )
     write_json_artifact(manifest, summary, **summary["counts"])

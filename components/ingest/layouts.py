@@ -144,7 +144,7 @@ def scan_imagefolder(source: Source, entries: list[Entry], label: str = "class")
     visible = [PurePosixPath(e.path).parts for e in entries if not is_hidden(e.path)]
     prefix: tuple[str, ...] = ()
     while True:
-        inside = [parts[len(prefix):] for parts in visible if parts[: len(prefix)] == prefix]
+        inside = [parts[len(prefix) :] for parts in visible if parts[: len(prefix)] == prefix]
         top_dirs = {rel[0] for rel in inside if len(rel) > 1}
         if len(top_dirs) != 1 or any(len(rel) == 1 for rel in inside):
             break
@@ -379,8 +379,14 @@ def scan_mias(source: Source, entries: list[Entry], label: str = "class") -> Sca
     malignant. Films with no usable Info.txt row are rejected with the reason.
     """
     paths = [e.path for e in entries]
-    infos = sorted((p for p in paths if PurePosixPath(p).name.lower() == vocab.MIAS_INFO_FILE.lower()
-                    and not is_hidden(p)), key=lambda p: (p.count("/"), p))
+    infos = sorted(
+        (
+            p
+            for p in paths
+            if PurePosixPath(p).name.lower() == vocab.MIAS_INFO_FILE.lower() and not is_hidden(p)
+        ),
+        key=lambda p: (p.count("/"), p),
+    )
     films_per_dir: dict[str, int] = {}
     for p in paths:
         if FILM.fullmatch(PurePosixPath(p).name) and not is_hidden(p):
@@ -401,8 +407,12 @@ def scan_mias(source: Source, entries: list[Entry], label: str = "class") -> Sca
         by_ref.setdefault(row.ref, []).append(row)
 
     class_names = list(vocab.SEVERITY_CLASSES if label == "severity" else vocab.MIAS_CLASSES)
-    scan = Scan(root=folder, class_names=class_names, notes=problems,
-                meta_columns=("abnormality", "tissue", "severity", "lesions"))
+    scan = Scan(
+        root=folder,
+        class_names=class_names,
+        notes=problems,
+        meta_columns=("abnormality", "tissue", "severity", "lesions"),
+    )
     seen_refs = set()
     for path in paths:
         _sort_mias_file(scan, path, folder, info_path, by_ref, label, seen_refs)
@@ -428,8 +438,9 @@ def _sort_mias_file(scan, path, folder, info_path, by_ref, label, seen_refs) -> 
         scan.ignored.append((path, "hidden or system file"))
     elif _folder(path) != folder:
         scan.ignored.append((path, f"outside the film folder {folder or '.'}"))
-    elif match is None and (PurePosixPath(name).suffix.lower() in DOC_SUFFIXES or
-                            name.upper().startswith(("README", "LICEN"))):
+    elif match is None and (
+        PurePosixPath(name).suffix.lower() in DOC_SUFFIXES or name.upper().startswith(("README", "LICEN"))
+    ):
         scan.ignored.append((path, "documentation"))
     elif match is None:
         scan.unlabelled.append((path, "not a MIAS film name (mdbNNN.pgm)"))
@@ -450,8 +461,10 @@ def _note_disagreements(scan: Scan, by_ref: dict[str, list[InfoRow]]) -> None:
     for ref, rows in sorted(by_ref.items()):
         classes = sorted({r.abnormality for r in rows})
         if len(classes) > 1:
-            scan.notes.append(f"{ref} has rows of classes {', '.join(classes)}: labelled "
-                              f"{rows[0].abnormality} (its first row)")
+            scan.notes.append(
+                f"{ref} has rows of classes {', '.join(classes)}: labelled "
+                f"{rows[0].abnormality} (its first row)"
+            )
 
 
 def _read_text(source: Source, path: str) -> str:
@@ -467,8 +480,12 @@ def _read_text(source: Source, path: str) -> str:
 
 # --- dispatch ------------------------------------------------------------------------------------
 
-LAYOUTS = {vocab.COVID: scan_covid, vocab.MIAS: scan_mias, vocab.IMAGEFOLDER: scan_imagefolder,
-           vocab.DICOM: scan_dicom}
+LAYOUTS = {
+    vocab.COVID: scan_covid,
+    vocab.MIAS: scan_mias,
+    vocab.IMAGEFOLDER: scan_imagefolder,
+    vocab.DICOM: scan_dicom,
+}
 
 
 def scan_layout(dataset: str, source: Source, label: str = "class", labels: str = "") -> Scan:

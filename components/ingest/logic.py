@@ -27,8 +27,19 @@ from medkfp.image_files import DEFAULT_MAX_PIXELS, Rejection, check_image
 from medkfp.parallel import DEFAULT_WORKERS, Uploader, bounded_map, progress_bar
 from medkfp.store import open_store
 
-MANIFEST_COLUMNS = ["id", "path", "label", "group", "suffix", "sha256", "bytes", "width", "height",
-                    "mode", "format"]
+MANIFEST_COLUMNS = [
+    "id",
+    "path",
+    "label",
+    "group",
+    "suffix",
+    "sha256",
+    "bytes",
+    "width",
+    "height",
+    "mode",
+    "format",
+]
 REJECT_COLUMNS = ["path", "reason", "kind"]
 DEFAULT_MAX_REJECTED_FRACTION = vocab.DEFAULT_MAX_REJECTED_FRACTION
 
@@ -89,7 +100,8 @@ class Survey:
             by_hash.setdefault(record["sha256"], []).append(record)
         return [
             {"sha256": h, "paths": [r["path"] for r in rs], "labels": sorted({r["label"] for r in rs})}
-            for h, rs in sorted(by_hash.items()) if len(rs) > 1
+            for h, rs in sorted(by_hash.items())
+            if len(rs) > 1
         ]
 
 
@@ -123,9 +135,16 @@ def survey_source(
     """
     with opened_source(source) as opened:
         scan = scan_layout(dataset, opened, label, labels)
-        survey = Survey(dataset, str(source), label, scan.class_names, ignored=scan.ignored,
-                        notes=list(scan.notes), meta_columns=scan.meta_columns,
-                        labels_by_uid=scan.labels_by_uid)
+        survey = Survey(
+            dataset,
+            str(source),
+            label,
+            scan.class_names,
+            ignored=scan.ignored,
+            notes=list(scan.notes),
+            meta_columns=scan.meta_columns,
+            labels_by_uid=scan.labels_by_uid,
+        )
         survey.rejects += [_reject(p, r, "unlabelled") for p, r in scan.unlabelled]
         survey.rejects += [_reject(p, r, "unreadable") for p, r in opened.unlisted]
         items = {item.path: item for item in scan.files}
@@ -156,8 +175,9 @@ class DicomRejection(Rejection):
     """The rejection of a DICOM file (counted in the ingest summary's dicom block)."""
 
 
-def _inspect(item: Item, loader, max_pixels: int, keep, labels_by_uid=None
-             ) -> tuple[dict | None, Rejection | None, str]:
+def _inspect(
+    item: Item, loader, max_pixels: int, keep, labels_by_uid=None
+) -> tuple[dict | None, Rejection | None, str]:
     """Read and check one file; returns (manifest row, None, path) or (None, why, path)."""
     try:
         data = loader()
@@ -174,17 +194,24 @@ def _inspect(item: Item, loader, max_pixels: int, keep, labels_by_uid=None
         return None, rejection, item.path
     suffix = "." + item.path.rsplit(".", 1)[-1].lower() if "." in item.path.rsplit("/", 1)[-1] else ""
     record = {
-        "id": image_id(item.path), "path": item.path, "label": item.label, "group": item.group,
-        "suffix": suffix, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-        **info, **item.meta,
+        "id": image_id(item.path),
+        "path": item.path,
+        "label": item.label,
+        "group": item.group,
+        "suffix": suffix,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        **info,
+        **item.meta,
     }
     if keep is not None:
         keep(record, data)
     return record, None, item.path
 
 
-def _inspect_dicom(item: Item, data: bytes, max_pixels: int, keep, labels_by_uid: dict
-                   ) -> tuple[dict | None, Rejection | None, str]:
+def _inspect_dicom(
+    item: Item, data: bytes, max_pixels: int, keep, labels_by_uid: dict
+) -> tuple[dict | None, Rejection | None, str]:
     """Convert and de-identify one DICOM file: the PNG is what gets kept and uploaded.
 
     Its path and reasons lose every header value the de-identification removed; the label
@@ -202,12 +229,20 @@ def _inspect_dicom(item: Item, data: bytes, max_pixels: int, keep, labels_by_uid
         why = "no row in the labels table for this file's SOPInstanceUID"
         return None, DicomRejection("unlabelled", why), path
     record = {
-        "id": image_id(item.path), "path": path, "label": label,
+        "id": image_id(item.path),
+        "path": path,
+        "label": label,
         # The pseudonymous patient is the leakage group; the study when the header has no patient.
         "group": item.group or image.columns["patient"] or image.columns["study"] or None,
-        "suffix": ".png", "sha256": hashlib.sha256(image.png).hexdigest(), "bytes": len(image.png),
-        "width": image.width, "height": image.height, "mode": "L", "format": dicom.FORMAT,
-        **item.meta, **image.columns,
+        "suffix": ".png",
+        "sha256": hashlib.sha256(image.png).hexdigest(),
+        "bytes": len(image.png),
+        "width": image.width,
+        "height": image.height,
+        "mode": "L",
+        "format": dicom.FORMAT,
+        **item.meta,
+        **image.columns,
     }
     if keep is not None:
         keep(record, image.png)

@@ -228,7 +228,7 @@ class S3Source(Source):
 
     def entries(self) -> list[Entry]:
         keys = self.store.list_keys(self.prefix)
-        return [Entry(k[len(self.prefix):]) for k in keys if not k.endswith("/")]
+        return [Entry(k[len(self.prefix) :]) for k in keys if not k.endswith("/")]
 
     def read(self, path: str) -> bytes:
         from medkfp.store import StoreError

@@ -19,9 +19,5 @@ def preprocess(
     from medkfp.artifacts import read_json_artifact, write_json_artifact
     from medkfp.components.preprocess.logic import preprocess
 
-    summary = preprocess(
-        read_json_artifact(manifest), image_size, test_fraction, val_fraction, seed
-    )
-    write_json_artifact(
-        dataset, summary, **{split: s["count"] for split, s in summary["splits"].items()}
-    )
+    summary = preprocess(read_json_artifact(manifest), image_size, test_fraction, val_fraction, seed)
+    write_json_artifact(dataset, summary, **{split: s["count"] for split, s in summary["splits"].items()})

@@ -80,8 +80,10 @@ def preprocess(
 
     writer = _ShardWriter(store, run_id, class_names, image_size, workers)
     per_shard = records_per_shard(image_size, shard_max_records, shard_max_bytes)
-    ordered = {split: manifest[manifest["split"] == split].sample(frac=1.0, random_state=seed)
-               for split in vocab.SPLITS}
+    ordered = {
+        split: manifest[manifest["split"] == split].sample(frac=1.0, random_state=seed)
+        for split in vocab.SPLITS
+    }
     # One stream over every split (one pipeline to build, no drain between splits), cut
     # into each split's shards in order.
     records = writer.records(pd.concat(list(ordered.values())))
@@ -125,7 +127,8 @@ class _ShardWriter:
         files = [
             self._write_shard(
                 vocab.shard_key(self.run_id, split, i, total),
-                rows.iloc[i * per_shard : (i + 1) * per_shard], records,
+                rows.iloc[i * per_shard : (i + 1) * per_shard],
+                records,
             )
             for i in range(total)
         ]
@@ -154,8 +157,10 @@ class _ShardWriter:
         if self._readable_in_graph(rows):
             # Files TensorFlow decodes as they are, in a local folder: read in the pipeline
             # itself, so no image passes through Python on its way to the decoder.
-            files = [str(self.store.root / vocab.raw_image_key(self.run_id, r.id, r.suffix))
-                     for r in rows.itertuples()]
+            files = [
+                str(self.store.root / vocab.raw_image_key(self.run_id, r.id, r.suffix))
+                for r in rows.itertuples()
+            ]
             ds = tf.data.Dataset.from_tensor_slices(files).map(
                 lambda path: self.resize_png(tf.io.read_file(path)), num_parallel_calls=tf.data.AUTOTUNE
             )
@@ -167,9 +172,12 @@ class _ShardWriter:
 
     def _readable_in_graph(self, rows: pd.DataFrame) -> bool:
         """Whether every image of `rows` is a local file that to_decodable would pass as is."""
-        return (isinstance(self.store, LocalStore) and {"format", "mode"} <= set(rows.columns)
-                and rows["format"].isin(PASS_THROUGH_FORMATS).all()
-                and rows["mode"].isin(PASS_THROUGH_MODES).all())
+        return (
+            isinstance(self.store, LocalStore)
+            and {"format", "mode"} <= set(rows.columns)
+            and rows["format"].isin(PASS_THROUGH_FORMATS).all()
+            and rows["mode"].isin(PASS_THROUGH_MODES).all()
+        )
 
     def _write_shard(self, key: str, rows: pd.DataFrame, records: Iterator[bytes]) -> dict:
         with tempfile.TemporaryDirectory() as tmp:

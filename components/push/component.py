@@ -1,6 +1,5 @@
 """KFP wrapper of the select-and-push step."""
 
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Output
 

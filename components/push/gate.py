@@ -64,9 +64,15 @@ def champion_gate(
     """
     value = challenger["metrics"].get(metric)
     record = {
-        "metric": metric, "challenger": value, "champion": None, "delta": None,
-        "difference_ci": None, "p_value": None, "min_delta": min_delta,
-        "require_significant": require_significant, "compared_on": None,
+        "metric": metric,
+        "challenger": value,
+        "champion": None,
+        "delta": None,
+        "difference_ci": None,
+        "p_value": None,
+        "min_delta": min_delta,
+        "require_significant": require_significant,
+        "compared_on": None,
         "min_recall": recall_checks(challenger["metrics"], min_recall or {}),
     }
     unmet = [f"{n} {c['recall']:.4f} < {c['floor']}" for n, c in record["min_recall"].items() if not c["met"]]
@@ -83,8 +89,13 @@ def champion_gate(
     rescored = champion.get("rescored")
     best = (rescored or champion["metrics"]).get(metric)
     if best is None:
-        return {**record, "push": False, "reason": (
-            f"champion v{version} records no {metric}: select by a metric it records, e.g. macro_f1")}
+        return {
+            **record,
+            "push": False,
+            "reason": (
+                f"champion v{version} records no {metric}: select by a metric it records, e.g. macro_f1"
+            ),
+        }
     record.update(champion=best, delta=value - best)
     if rescored is not None:
         images = sum(m["support"] for m in rescored["per_class"].values())
@@ -96,22 +107,40 @@ def champion_gate(
     compared = f"{metric} {value:.4f} vs {best:.4f}"
     if paired and paired["ci"][0] is not None:
         low, high = paired["ci"]
-        compared += (f" on the same {paired['images']} images, difference 95% CI [{low:+.4f}, {high:+.4f}], "
-                     f"McNemar p={paired['p_value']:.3g}")
+        compared += (
+            f" on the same {paired['images']} images, difference 95% CI [{low:+.4f}, {high:+.4f}], "
+            f"McNemar p={paired['p_value']:.3g}"
+        )
     if value < best + min_delta:
-        return {**record, "push": False,
-                "reason": f"not better than champion v{version}: {compared} (needs +{min_delta})"}
+        return {
+            **record,
+            "push": False,
+            "reason": f"not better than champion v{version}: {compared} (needs +{min_delta})",
+        }
     if require_significant:
         if not paired or paired["ci"][0] is None:
-            return {**record, "push": False, "reason": (
-                f"champion v{version} could not be scored on this run's test split, so significance "
-                "is unknown: drop --require-significant or fix the champion")}
+            return {
+                **record,
+                "push": False,
+                "reason": (
+                    f"champion v{version} could not be scored on this run's test split, so significance "
+                    "is unknown: drop --require-significant or fix the champion"
+                ),
+            }
         if not paired["ci"][0] > 0:
-            return {**record, "push": False, "reason": (
-                f"better than champion v{version} but not significantly: {compared} "
-                "(--require-significant needs the interval's lower bound above 0)")}
-    return {**record, "push": True,
-            "reason": f"better than champion v{version}: {compared} (min delta {min_delta})"}
+            return {
+                **record,
+                "push": False,
+                "reason": (
+                    f"better than champion v{version} but not significantly: {compared} "
+                    "(--require-significant needs the interval's lower bound above 0)"
+                ),
+            }
+    return {
+        **record,
+        "push": True,
+        "reason": f"better than champion v{version}: {compared} (min delta {min_delta})",
+    }
 
 
 def rescore_champion(
@@ -133,11 +162,17 @@ def rescore_champion(
     a, b = scored[CHALLENGER], scored[CHAMPION]
     probabilities = (
         {"challenger_probabilities": a.probabilities, "champion_probabilities": b.probabilities}
-        if metric == "macro_roc_auc" else {}
+        if metric == "macro_roc_auc"
+        else {}
     )
     paired = paired_stats.compare(
-        a.labels, a.predictions, b.predictions, len(dataset_summary["class_names"]), metric,
-        seed=int(dataset_summary["seed"]), **probabilities,
+        a.labels,
+        a.predictions,
+        b.predictions,
+        len(dataset_summary["class_names"]),
+        metric,
+        seed=int(dataset_summary["seed"]),
+        **probabilities,
     )
     return b.metrics, paired
 
@@ -150,19 +185,37 @@ def gate_section(summary: dict) -> str:
     if not rescored:
         return ""
     challenger = next(c for c in summary["candidates"] if c["name"] == summary["selected"])["metrics"]
-    rows = [[name.replace("_", " "), challenger.get(name), rescored.get(name),
-             None if challenger.get(name) is None or rescored.get(name) is None
-             else challenger[name] - rescored[name]] for name in SCALARS]
-    rows += [[f"recall {n}", challenger["per_class"][n]["recall"], rescored["per_class"][n]["recall"],
-              challenger["per_class"][n]["recall"] - rescored["per_class"][n]["recall"]]
-             for n in rescored["class_names"]]
+    rows = [
+        [
+            name.replace("_", " "),
+            challenger.get(name),
+            rescored.get(name),
+            None
+            if challenger.get(name) is None or rescored.get(name) is None
+            else challenger[name] - rescored[name],
+        ]
+        for name in SCALARS
+    ]
+    rows += [
+        [
+            f"recall {n}",
+            challenger["per_class"][n]["recall"],
+            rescored["per_class"][n]["recall"],
+            challenger["per_class"][n]["recall"] - rescored["per_class"][n]["recall"],
+        ]
+        for n in rescored["class_names"]
+    ]
     header = ["metric", f"challenger {summary['selected']}", f"champion v{champion['version']}", "difference"]
     paired = gate.get("paired") or {}
     stats_rows = [
         ["selection metric", gate["metric"]],
         ["difference (challenger - champion)", gate.get("delta")],
-        ["95% bootstrap interval", "n/a" if not gate.get("difference_ci") else
-         f"[{gate['difference_ci'][0]:+.4f}, {gate['difference_ci'][1]:+.4f}]"],
+        [
+            "95% bootstrap interval",
+            "n/a"
+            if not gate.get("difference_ci")
+            else f"[{gate['difference_ci'][0]:+.4f}, {gate['difference_ci'][1]:+.4f}]",
+        ],
         ["images where only the challenger is right", paired.get("challenger_only_right")],
         ["images where only the champion is right", paired.get("champion_only_right")],
         ["McNemar exact p-value", gate.get("p_value")],
@@ -171,12 +224,16 @@ def gate_section(summary: dict) -> str:
     figures = "".join(
         f"<div style='display:inline-block;margin-right:1em'><h3>{html.escape(title)}</h3>"
         f"{img(confusion_heatmap(m['confusion_matrix'], m['class_names']), title)}</div>"
-        for title, m in ((f"challenger {summary['selected']}", challenger),
-                         (f"champion v{champion['version']}", rescored))
+        for title, m in (
+            (f"challenger {summary['selected']}", challenger),
+            (f"champion v{champion['version']}", rescored),
+        )
     )
     return (
         f"<h2>Challenger vs champion on the same images ({html.escape(gate.get('compared_on') or '')})</h2>"
-        + table(header, rows) + table(["paired statistic", "value"], stats_rows) + figures
+        + table(header, rows)
+        + table(["paired statistic", "value"], stats_rows)
+        + figures
         + f"<p><b>{'Pushed' if gate['push'] else 'Not pushed'}</b>: {html.escape(gate['reason'])}</p>"
     )
 
@@ -192,5 +249,11 @@ def champion_on_this_split(summary: dict) -> dict:
     champion = summary.get("champion")
     if not champion or not champion.get("rescored"):
         return summary
-    return {**summary, "champion": {**champion, "metrics": champion["rescored"],
-                                    "version": f"{champion['version']} (on this split)"}}
+    return {
+        **summary,
+        "champion": {
+            **champion,
+            "metrics": champion["rescored"],
+            "version": f"{champion['version']} (on this split)",
+        },
+    }

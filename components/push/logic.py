@@ -182,7 +182,8 @@ def push(
                 "class_names": champion.get("class_names"),
                 "rescored": champion.get("rescored"),
             }
-            if champion else None
+            if champion
+            else None
         ),
         "gate": gate,
         "pushed": pushed,

@@ -37,9 +37,10 @@ def available_memory_bytes() -> int:
                 available = int(line.split()[1]) * 1024
     except OSError:
         pass
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = Path(limit_file).read_text().strip()
             usage = int(Path(usage_file).read_text().strip())
@@ -51,8 +52,14 @@ def available_memory_bytes() -> int:
     return available
 
 
-def choose_cache(examples: int, image_size: int, cache_dir: str | Path | None, cache: str = "auto",
-                 memory_bytes: int | None = None, disk_bytes: int | None = None) -> dict:
+def choose_cache(
+    examples: int,
+    image_size: int,
+    cache_dir: str | Path | None,
+    cache: str = "auto",
+    memory_bytes: int | None = None,
+    disk_bytes: int | None = None,
+) -> dict:
     """Where to cache the decoded train split: the choice and the figures it was made from.
 
     Args:
@@ -104,9 +111,16 @@ def _flipped(example: dict, bits: tf.Tensor) -> dict:
     return {**example, "image": image}
 
 
-def train_input(paths: list[str], repeats: dict[str, int], image_size: int, batch_size: int, seed: int,
-                repeat: bool = False, cache: str = "none", cache_dir: str | Path | None = None
-                ) -> tf.data.Dataset:
+def train_input(
+    paths: list[str],
+    repeats: dict[str, int],
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    repeat: bool = False,
+    cache: str = "none",
+    cache_dir: str | Path | None = None,
+) -> tf.data.Dataset:
     """The balanced train split as (float32 images 0-255 [B, S, S, 3], int64 labels [B]) batches.
 
     Each example appears `repeats[id]` times per pass (0 drops it), shuffled (seeded) and
@@ -145,6 +159,7 @@ def train_input(paths: list[str], repeats: dict[str, int], image_size: int, batc
             lambda ex, b: _flipped(decode(ex), b), num_parallel_calls=tf.data.AUTOTUNE
         )
     else:
+
         def kept(batch):
             keep = batch["count"] > 0
             return {k: tf.boolean_mask(v, keep) for k, v in batch.items()}
@@ -172,9 +187,16 @@ def _as_float(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(batch["image"], tf.float32), batch["label"]
 
 
-def train_pipeline(paths: list[str], repeats: dict[str, int], image_size: int, batch_size: int, seed: int,
-                   repeat: bool = False, cache_dir: str | Path | None = None, cache: str = "auto"
-                   ) -> tuple[tf.data.Dataset, dict]:
+def train_pipeline(
+    paths: list[str],
+    repeats: dict[str, int],
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    repeat: bool = False,
+    cache_dir: str | Path | None = None,
+    cache: str = "auto",
+) -> tuple[tf.data.Dataset, dict]:
     """train_input with the cache chosen by choose_cache; returns (dataset, the summary's
     "input_pipeline" block: the choice and its figures)."""
     distinct = sum(1 for n in repeats.values() if n > 0)

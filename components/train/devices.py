@@ -69,9 +69,13 @@ def setup_devices(strategy: tf.distribute.Strategy | None = None, log=print) -> 
         names = list(strategy.extended.worker_devices)
     devices = Devices(strategy, plan, names)
     if plan.gpus:
-        log(f"training on {len(plan.gpus)} GPU(s) {devices.names}: mixed precision, XLA, "
-            f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+        log(
+            f"training on {len(plan.gpus)} GPU(s) {devices.names}: mixed precision, XLA, "
+            f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+        )
     else:
-        log(f"WARNING: no GPU visible, training on the CPU {devices.names} "
-            "(on a GPU node: check the nvidia.com/gpu request and the node's driver)")
+        log(
+            f"WARNING: no GPU visible, training on the CPU {devices.names} "
+            "(on a GPU node: check the nvidia.com/gpu request and the node's driver)"
+        )
     return devices

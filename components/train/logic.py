@@ -62,9 +62,7 @@ def repeat_by_id(ds: tf.data.Dataset, repeats: dict[str, int]) -> tf.data.Datase
         ),
         default_value=0,
     )
-    return ds.flat_map(
-        lambda ex: tf.data.Dataset.from_tensors(ex).repeat(table.lookup(ex["id"]))
-    )
+    return ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(table.lookup(ex["id"])))
 
 
 def steps_per_epoch(examples: int, spec: vocab.Candidate) -> int:
@@ -131,8 +129,12 @@ def class_weights_by_index(balanced_summary: dict, class_names: list[str]) -> di
 def compile_model(spec: vocab.Candidate, n_classes: int, image_size: int, weights, xla: bool):
     """Build and compile the candidate's model (call inside the strategy's scope)."""
     model = build_model(
-        spec.architecture, n_classes, image_size, weights=weights,
-        freeze_backbone=spec.freeze_backbone, dense_units=spec.dense_units,
+        spec.architecture,
+        n_classes,
+        image_size,
+        weights=weights,
+        freeze_backbone=spec.freeze_backbone,
+        dense_units=spec.dense_units,
     )
     if spec.optimizer not in OPTIMIZERS:
         raise InvalidInput(f"unknown optimizer {spec.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
@@ -177,7 +179,9 @@ def schedule_callbacks() -> tuple[keras.callbacks.EarlyStopping, keras.callbacks
             monitor=MONITOR, patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
         ),
         keras.callbacks.ReduceLROnPlateau(
-            monitor=MONITOR, patience=REDUCE_LR_PATIENCE, factor=REDUCE_LR_FACTOR,
+            monitor=MONITOR,
+            patience=REDUCE_LR_PATIENCE,
+            factor=REDUCE_LR_FACTOR,
             min_lr=MIN_LEARNING_RATE,
         ),
     )
@@ -198,8 +202,16 @@ def check_candidate(spec: vocab.Candidate, image_size: int) -> None:
         )
 
 
-def fit_resuming(model, spec, checkpoint: StoreCheckpoint, train_ds, val_ds, class_weight, callbacks,
-                 steps: int | None = None) -> int:
+def fit_resuming(
+    model,
+    spec,
+    checkpoint: StoreCheckpoint,
+    train_ds,
+    val_ds,
+    class_weight,
+    callbacks,
+    steps: int | None = None,
+) -> int:
     """Fit from the last stored checkpoint (or from scratch); returns the epoch resumed from."""
     resumed_from = checkpoint.restore(model)
     if resumed_from:
@@ -310,9 +322,14 @@ def train(
             train_paths, repeats, image_size, spec.batch_size, seed, repeat=not one_pass, cache_dir=tmp
         )
         resumed_from = fit_resuming(
-            model, spec, checkpoint,
+            model,
+            spec,
+            checkpoint,
             train_ds,
-            val_ds, class_weight, callbacks, steps=None if one_pass else steps,
+            val_ds,
+            class_weight,
+            callbacks,
+            steps=None if one_pass else steps,
         )
         calibration = calibrate(model, val_ds)
         export_dir = export_serving_model(

@@ -46,8 +46,18 @@ BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
-SURNAMES = ("Kowalczyk", "Oyelaran", "Hartmann", "Sasongko", "Delacroix", "Nakamura", "Fitzgerald",
-            "Wibisono", "Haraldsen", "Castellanos")
+SURNAMES = (
+    "Kowalczyk",
+    "Oyelaran",
+    "Hartmann",
+    "Sasongko",
+    "Delacroix",
+    "Nakamura",
+    "Fitzgerald",
+    "Wibisono",
+    "Haraldsen",
+    "Castellanos",
+)
 GIVEN = ("Marguerite", "Adewale", "Ingeborg", "Rahmawati", "Thaddeus", "Keiko", "Lucinda", "Bramantyo")
 INSTITUTION = "Rumah Sakit Sintetis Harapan"
 
@@ -89,20 +99,33 @@ class Patient:
 
     def planted(self) -> list[str]:
         """The values that must never reach the store, manifest or logs."""
-        return [self.name, self.patient_id, self.birth_date, self.accession, self.study_uid,
-                self.institution, *self.name.split("^")]
+        return [
+            self.name,
+            self.patient_id,
+            self.birth_date,
+            self.accession,
+            self.study_uid,
+            self.institution,
+            *self.name.split("^"),
+        ]
 
 
-def film_dataset(display: np.ndarray, patient: Patient, storage: Storage = Storage(),
-                 instance: int = 1, sop_uid: str | None = None) -> pydicom.FileDataset:
+def film_dataset(
+    display: np.ndarray,
+    patient: Patient,
+    storage: Storage = Storage(),
+    instance: int = 1,
+    sop_uid: str | None = None,
+) -> pydicom.FileDataset:
     """A CR/DX dataset whose displayed image (after rescale, VOI and MONOCHROME1) is `display`.
 
     `display` holds values in 0..1 (white = dense); they are spread over the stored range so
     that the header's window (or VOI LUT) shows them again, to within rounding.
     """
     import pydicom
+
     d = np.clip(np.asarray(display, dtype=np.float64), 0, 1)
-    top = 2 ** storage.bits_stored - 1
+    top = 2**storage.bits_stored - 1
     ds = _header(patient, storage, instance, sop_uid, d.shape)
     # The window covers most of the modality range, leaving a margin at both ends.
     lo_m = storage.intercept + 0.05 * top * storage.slope
@@ -136,8 +159,9 @@ def film_dataset(display: np.ndarray, patient: Patient, storage: Storage = Stora
     return ds
 
 
-def _header(patient: Patient, storage: Storage, instance: int, sop_uid: str | None,
-            shape) -> pydicom.FileDataset:
+def _header(
+    patient: Patient, storage: Storage, instance: int, sop_uid: str | None, shape
+) -> pydicom.FileDataset:
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
@@ -184,9 +208,21 @@ def structured_report(patient: Patient, instance: int = 900) -> pydicom.FileData
     import pydicom
 
     ds = _header(patient, Storage(), instance, None, (1, 1))
-    for keyword in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
-                    "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
-                    "RescaleType", "BurnedInAnnotation", "ViewPosition"):
+    for keyword in (
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "RescaleType",
+        "BurnedInAnnotation",
+        "ViewPosition",
+    ):
         delattr(ds, keyword)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
     ds.Modality = "SR"
@@ -219,20 +255,29 @@ def make_patients(n: int, seed: int) -> list[Patient]:
         name = f"{SURNAMES[k % len(SURNAMES)]}^{GIVEN[(k // len(SURNAMES) + k) % len(GIVEN)]}"
         if k >= len(SURNAMES) * len(GIVEN):
             name += f"^{k}"
-        patients.append(Patient(
-            name=name,
-            patient_id=f"MRN{int(rng.integers(100000, 999999))}{k:03d}",
-            birth_date=f"19{int(rng.integers(40, 99))}{int(rng.integers(1, 13)):02d}"
-                       f"{int(rng.integers(1, 29)):02d}",
-            accession=f"ACC{seed:02d}{k:05d}",
-            study_uid=generate_uid(entropy_srcs=[str(seed), "study", str(k)]),
-        ))
+        patients.append(
+            Patient(
+                name=name,
+                patient_id=f"MRN{int(rng.integers(100000, 999999))}{k:03d}",
+                birth_date=f"19{int(rng.integers(40, 99))}{int(rng.integers(1, 13)):02d}"
+                f"{int(rng.integers(1, 29)):02d}",
+                accession=f"ACC{seed:02d}{k:05d}",
+                study_uid=generate_uid(entropy_srcs=[str(seed), "study", str(k)]),
+            )
+        )
     return patients
 
 
-def synth_dicom(out_dir, per_class: int | None = None, counts: list[int] | None = None,
-                size: int = DEFAULT_SIZE, seed: int = 0, layout: str = "imagefolder",
-                broken: bool = True, progress: bool = False) -> dict[str, int]:
+def synth_dicom(
+    out_dir,
+    per_class: int | None = None,
+    counts: list[int] | None = None,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    layout: str = "imagefolder",
+    broken: bool = True,
+    progress: bool = False,
+) -> dict[str, int]:
     """Write a labelled synthetic DICOM export to `out_dir`; returns images per class.
 
     Each film is a COVID-19 radiography cartoon (Normal or Lung_Opacity) stored the ways real
