@@ -420,7 +420,7 @@ def metavar(flag: str, meta) -> str | None:
 
 
 def run_config(args: argparse.Namespace, store: str) -> configs.RunConfig:
-    """The RunConfig of `run` / `submit` / `schedule create` options. Raises InvalidInput."""
+    """The RunConfig of `run` / `submit` / `schedule create` options. Raises InvalidInputError."""
     names = [f.name for f in dataclasses.fields(configs.RunConfig) if f.name != "store"]
     values = {name: getattr(args, name) for name in names}
     values["min_recall"] = parse_min_recall(args.min_recall)

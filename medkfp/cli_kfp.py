@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from medkfp import vocab
 from medkfp.cli import add_compile_options, add_run_parameters, run_config
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.pipelines import configs
 from medkfp.pipelines.kubeflow_runner import DEFAULT_EXPERIMENT, DEFAULT_WAIT_TIMEOUT
 from medkfp.store import DEFAULT_S3_STORE
@@ -22,11 +22,11 @@ def pipeline_arguments(args: argparse.Namespace) -> dict:
 
     Checked here, before the server is called: the label fits the dataset, the grid expands, recall
     floors name real classes; a grid FILE is read here and sent as JSON. The data and the store are
-    never read: the pods do that. Raises InvalidInput naming the option and the fix.
+    never read: the pods do that. Raises InvalidInputError naming the option and the fix.
     """
     for option, uri in (("--source", args.source), ("--store", args.store)):
         if not uri.startswith("s3://"):
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"{option} {uri}: the pipeline's pods read and write the store over S3, not this "
                 "machine's files; upload the images (aws s3 cp --recursive, mc cp -r) and pass s3://bucket/prefix"
             )
@@ -43,9 +43,11 @@ def check_recall_floors(floors: dict[str, float], dataset: str, label: str) -> d
         known = vocab.SEVERITY_CLASSES
     for name, floor in floors.items():
         if known is not None and name not in known:
-            raise InvalidInput(f"--min-recall names class {name!r}, which is not one of {', '.join(known)}")
+            raise InvalidInputError(
+                f"--min-recall names class {name!r}, which is not one of {', '.join(known)}"
+            )
         if not 0 <= floor <= 1:
-            raise InvalidInput(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
+            raise InvalidInputError(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
     return floors
 
 

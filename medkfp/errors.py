@@ -12,13 +12,13 @@ class UserError(Exception):
     """
 
 
-class InvalidInput(UserError, ValueError):
+class InvalidInputError(UserError, ValueError):
     """A value the user gave that cannot work (a fraction out of range, an unknown name, ...)."""
 
 
-class UsageError(InvalidInput):
+class UsageError(InvalidInputError):
     """Command-line flags that do not go together."""
 
 
-class InvalidModelError(InvalidInput):
+class InvalidModelError(InvalidInputError):
     """A SavedModel that medkfp cannot serve (e.g. no serving_default taking image_bytes)."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from medkfp import vocab
 from medkfp.components.ingest.logic import ingest
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.image_files import to_decodable
 from medkfp.imaging import load_signature, predict_bytes
 from medkfp.report import write_report
@@ -37,7 +37,7 @@ def fetch_model(model_uri: str, local_dir: Path) -> tuple[Path, dict | None]:
     else:
         path = Path(model_uri)
     if not (path / "saved_model.pb").is_file():
-        raise InvalidInput(
+        raise InvalidInputError(
             f"{model_uri} is not a SavedModel: give a model version (s3://BUCKET/models/NAME/N, "
             "or its local folder) or a folder with saved_model.pb"
         )
@@ -49,7 +49,7 @@ def class_indices(labels, class_names: list[str], model: str) -> np.ndarray:
     """The model's class index of each label. Raises ValueError for a class it does not know."""
     unknown = sorted(set(labels) - set(class_names))
     if unknown:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"the source has class(es) {', '.join(unknown)} that the model {model} does not predict "
             f"({', '.join(class_names)}): check --dataset and --source"
         )

@@ -40,7 +40,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from medkfp import vocab
-from medkfp.errors import InvalidInput, InvalidModelError
+from medkfp.errors import InvalidInputError, InvalidModelError
 from medkfp.model_card import model_card
 from medkfp.store import NotFound, PreconditionFailed, Store, StoreError
 
@@ -74,7 +74,7 @@ def sha256_file(path: str | Path) -> str:
 def check_model_name(model: str) -> None:
     """Raise ValueError unless `model` can name a served model (and a folder)."""
     if not MODEL_NAME.match(model or ""):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"invalid model name {model!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter, digit or '_'"
         )
@@ -287,7 +287,7 @@ class ModelRepository:
         """
         check_model_name(model)
         if keep is not None and keep < 1:
-            raise InvalidInput(f"keep must be at least 1 version, got {keep}")
+            raise InvalidInputError(f"keep must be at least 1 version, got {keep}")
         saved_model_dir = Path(saved_model_dir)
         from medkfp.servable import check_servable  # reads TensorFlow's SavedModel protos
 
@@ -422,18 +422,20 @@ class ModelRepository:
         """
         stable = self.stable_version(model)
         if stable is None:
-            raise InvalidInput(f"model {model!r} is not served from {self.store.uri}: nothing to roll back")
+            raise InvalidInputError(
+                f"model {model!r} is not served from {self.store.uri}: nothing to roll back"
+            )
         target = version if version is not None else self.previous_version(model, stable)
         if target is None:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"model {model} v{stable} has no earlier version to roll back to; "
                 "publish a fixed model instead"
             )
         if target == stable:
-            raise InvalidInput(f"version {target} of model {model} is already the stable one")
+            raise InvalidInputError(f"version {target} of model {model} is already the stable one")
         complete = self.complete_versions(model)
         if target not in complete:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"model {model} has no complete version {target} "
                 f"(versions: {', '.join(map(str, complete)) or 'none'})"
             )
@@ -451,7 +453,7 @@ class ModelRepository:
         publishes and go. metadata.json goes first, so a half-deleted version is incomplete.
         """
         if keep < 1:
-            raise InvalidInput(f"keep must be at least 1 version, got {keep}")
+            raise InvalidInputError(f"keep must be at least 1 version, got {keep}")
         numbers = self.version_numbers(model)
         complete = self.complete_versions(model)
         if not numbers:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.imaging import load_signature, predict_bytes
 from medkfp.metrics import classification_metrics
 from medkfp.shards import download_shards, read_split
@@ -29,7 +29,7 @@ def score_probabilities(probabilities: np.ndarray, labels, class_names, model: s
     if not len(labels):
         return classification_metrics(labels, np.array([], dtype=np.int64), class_names)
     if probabilities.shape[1] != len(class_names):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"the model {model} predicts {probabilities.shape[1]} classes but the data has "
             f"{len(class_names)} ({', '.join(class_names)}): check --dataset and the model"
         )

@@ -11,29 +11,25 @@ from medkfp.store import open_store
 # Text columns stay text: ids such as "0001" and labels such as "NA" are not numbers or missing.
 MANIFEST_DTYPES = {"id": str, "group": str, "path": str, "label": str}
 EXAMPLES_DTYPES = {"id": str, "label": str, "group": str}
+REPEATS_DTYPES = {"id": str}
+
+
+def read_table(store_uri: str, key: str, dtypes: dict) -> pd.DataFrame:
+    """The CSV table at `key` of the store `store_uri`, its text columns `dtypes` kept as text."""
+    text = open_store(store_uri).get_text(key)
+    return pd.read_csv(io.StringIO(text), dtype=dtypes, keep_default_na=False)
 
 
 def read_manifest(ingest_summary: dict) -> pd.DataFrame:
     """The accepted-images manifest an ingest summary points to."""
-    store = open_store(ingest_summary["store"])
-    return pd.read_csv(
-        io.StringIO(store.get_text(ingest_summary["manifest_key"])),
-        dtype=MANIFEST_DTYPES,
-        keep_default_na=False,
-    )
+    return read_table(ingest_summary["store"], ingest_summary["manifest_key"], MANIFEST_DTYPES)
 
 
 def read_examples(dataset_summary: dict) -> pd.DataFrame:
     """The examples table (id, label, split[, group]) a preprocess summary points to."""
-    store = open_store(dataset_summary["store"])
-    return pd.read_csv(
-        io.StringIO(store.get_text(dataset_summary["examples_key"])),
-        dtype=EXAMPLES_DTYPES,
-        keep_default_na=False,
-    )
+    return read_table(dataset_summary["store"], dataset_summary["examples_key"], EXAMPLES_DTYPES)
 
 
 def read_repeats(store_uri: str, balanced_summary: dict) -> pd.DataFrame:
     """The repeats table (id, repeat) a balance summary points to."""
-    store = open_store(store_uri)
-    return pd.read_csv(io.StringIO(store.get_text(balanced_summary["repeats_key"])), dtype={"id": str})
+    return read_table(store_uri, balanced_summary["repeats_key"], REPEATS_DTYPES)

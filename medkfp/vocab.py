@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from medkfp import __version__
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 
 # --- datasets -----------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class Candidate:
         types = {f.name: _FIELD_TYPES.get(f.name, str) for f in fields(cls)}
         unknown = set(d) - set(types) - {"name"}
         if unknown:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"grid entry {d!r}: unknown key(s) {', '.join(sorted(unknown))}; use {', '.join(types)}"
             )
         return cls(**{k: None if v is None else types[k](v) for k, v in d.items() if k in types})

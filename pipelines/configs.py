@@ -7,7 +7,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
 
 from medkfp import vocab
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 
 PIPELINE_NAME = "medkfp-train-and-push"
 PIPELINE_DESCRIPTION = (
@@ -55,7 +55,7 @@ class RunConfig:
     """The run parameters, defined once: the pipeline's signature and run form (pipeline.py), the
     local runner's arguments and the options of `run`, `submit` and `schedule create` (cli.py).
 
-    Raises InvalidInput for a dataset or label that cannot work.
+    Raises InvalidInputError for a dataset or label that cannot work.
     """
 
     dataset: str = _parameter(
@@ -116,9 +116,11 @@ class RunConfig:
 
     def __post_init__(self):
         if self.dataset not in vocab.DATASETS:
-            raise InvalidInput(f"unknown dataset {self.dataset!r}: use one of {', '.join(vocab.DATASETS)}")
+            raise InvalidInputError(
+                f"unknown dataset {self.dataset!r}: use one of {', '.join(vocab.DATASETS)}"
+            )
         if self.label != "class" and self.dataset != vocab.MIAS:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"--label {self.label} needs --dataset {vocab.MIAS}: {self.dataset} has no severity"
             )
 
@@ -126,7 +128,7 @@ class RunConfig:
         """The config as a run takes it: the grid checked (a grid file read into JSON, since the
         pods cannot read this machine's files) and the served model's name filled in.
 
-        Raises InvalidInput for a grid that does not expand for this dataset.
+        Raises InvalidInputError for a grid that does not expand for this dataset.
         """
         from medkfp.components.grid.logic import expand_grid, grid_json
 
@@ -207,7 +209,7 @@ def parse_node_selector(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"node selector {item!r}: use KEY=VALUE, e.g. cloud.google.com/gke-accelerator=nvidia-l4"
             )
         selector[key] = value
@@ -220,7 +222,7 @@ def parse_toleration(item: str) -> dict:
     key, sep, value = rest.partition("=")
     effects = ("NoSchedule", "PreferNoSchedule", "NoExecute")
     if not key or (effect and effect not in effects):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"toleration {item!r}: use KEY[=VALUE][:EFFECT] with EFFECT one of {', '.join(effects)}, "
             "e.g. nvidia.com/gpu:NoSchedule"
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medkfp.errors import InvalidInput, UserError
+from medkfp.errors import InvalidInputError, UserError
 from medkfp.pipelines import configs as c
 
 # KFP's own default experiment, where the UI files runs started without one.
@@ -76,13 +76,13 @@ def check_cron(expression: str) -> str:
     returns it with single spaces. Raises ValueError naming the bad field and a valid example."""
     fields = expression.split()
     if len(fields) != len(_CRON_FIELDS):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"--cron {expression!r} has {len(fields)} fields; KFP's cron has 6, seconds first "
             f"(S M H DOM MON DOW): e.g. {CRON_EXAMPLE}"
         )
     for text, (name, low, high, names) in zip(fields, _CRON_FIELDS):
         if not _cron_field_ok(text, low, high, names, question_mark=name.startswith("day of")):
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"--cron {expression!r}: the {name} field {text!r} is not *, a number {low}-{high}, "
                 f"a range A-B, a step /N or a list of those: e.g. {CRON_EXAMPLE}"
             )
@@ -117,11 +117,13 @@ def parse_every(text: str) -> int:
     Raises ValueError with an example."""
     match = _DURATION.fullmatch(text.strip().lower())
     if not text.strip() or not match:
-        raise InvalidInput(f"--every {text!r}: use a duration, e.g. {EVERY_EXAMPLE}")
+        raise InvalidInputError(f"--every {text!r}: use a duration, e.g. {EVERY_EXAMPLE}")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     if total <= 0:
-        raise InvalidInput(f"--every {text!r}: the interval must be longer than 0 s, e.g. {EVERY_EXAMPLE}")
+        raise InvalidInputError(
+            f"--every {text!r}: the interval must be longer than 0 s, e.g. {EVERY_EXAMPLE}"
+        )
     return total
 
 
@@ -134,7 +136,7 @@ class Trigger:
 
     def __post_init__(self):
         if (self.cron is None) == (self.interval_seconds is None):
-            raise InvalidInput("a schedule needs exactly one of --cron or --every")
+            raise InvalidInputError("a schedule needs exactly one of --cron or --every")
 
     @classmethod
     def of(cls, recurring_run) -> Trigger | None:
@@ -178,7 +180,9 @@ def compiled_pipeline(options: CompileOptions):
         if value is None:
             continue
         if name not in accepted:
-            raise InvalidInput(f"{flag}: this version of medkfp cannot set the steps' image when compiling")
+            raise InvalidInputError(
+                f"{flag}: this version of medkfp cannot set the steps' image when compiling"
+            )
         kwargs[name] = value
     with tempfile.TemporaryDirectory(prefix="medkfp-submit-") as tmp:
         # The upload endpoints take the file's name as its format: it must end in .yaml.
@@ -206,7 +210,7 @@ class Target:
 
     def __post_init__(self):
         if not re.match(r"^https?://[^/\s]+", self.host or ""):
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"--host {self.host!r}: give the KFP URL with its scheme, e.g. http://localhost:8080 "
                 "or https://kubeflow.example.org/pipeline"
             )
@@ -312,18 +316,18 @@ class KubeflowRunner:
             try:
                 token = Path(self.target.token_file).read_text().strip()
             except OSError as e:
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"--token-file {self.target.token_file}: cannot read it ({e.strerror})"
                 ) from None
             if not token:
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"--token-file {self.target.token_file} is empty: write the bearer token in it"
                 )
             return token, None
         path = os.environ.get(TOKEN_PATH_ENV)
         if path:
             if not os.access(path, os.R_OK):
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"${TOKEN_PATH_ENV}={path}: cannot read the token there; point it at "
                     "the projected service-account token or unset it"
                 )
@@ -376,7 +380,7 @@ class KubeflowRunner:
                 )
             self._namespace = self._namespace or self._client.get_user_namespace() or None
             if getattr(health, "multi_user", False) and not self._namespace:
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"the KFP at {self.host} is multi-user: pass --namespace (your profile namespace)"
                 )
         return self._client
@@ -598,7 +602,7 @@ class KubeflowRunner:
         model is never left unscheduled. Returns {"recurring_run_id", "changed"}.
         """
         if not name or not name.strip():
-            raise InvalidInput("--schedule: give the schedule a name, e.g. --schedule covid-nightly")
+            raise InvalidInputError("--schedule: give the schedule a name, e.g. --schedule covid-nightly")
         with compiled_pipeline(options) as (path, digest):
             pipeline_id, version_id, _ = self.ensure_pipeline_version(path, digest)
         experiment_id = self.ensure_experiment(experiment)
@@ -655,7 +659,7 @@ class KubeflowRunner:
         runs = self._recurring_runs(name)
         if not runs:
             known = sorted({r.display_name for r in self._recurring_runs()})
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"no schedule named {name!r} at {self.host}"
                 + (f": the schedules are {', '.join(known)}" if known else ": there are no medkfp schedules")
             )

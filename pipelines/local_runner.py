@@ -16,7 +16,7 @@ from kfp import local
 from medkfp import vocab
 from medkfp.components.ingest.layouts import scan_source
 from medkfp.components.push.logic import check_min_recall, check_selection_metric
-from medkfp.errors import InvalidInput, UserError
+from medkfp.errors import InvalidInputError, UserError
 from medkfp.pipelines import configs as c
 from medkfp.pipelines.pipeline import Images, build_pipeline, medkfp_pipeline
 from medkfp.pipelines.run_log import StepLog
@@ -69,10 +69,10 @@ def run_local(
     step's error message when a step fails.
     """
     if runner not in c.RUNNERS:
-        raise InvalidInput(f"unknown runner {runner!r}: use one of {', '.join(c.RUNNERS)}")
+        raise InvalidInputError(f"unknown runner {runner!r}: use one of {', '.join(c.RUNNERS)}")
     store_uri = open_store(config.store or None).uri
     if runner == c.DOCKER_RUNNER and not store_uri.startswith("s3://"):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"--runner docker needs an S3 store, not {store_uri}: step containers exchange data through "
             "the object store (set AWS_ENDPOINT_URL_S3 and the keys), or use --runner subprocess"
         )

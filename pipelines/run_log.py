@@ -51,6 +51,7 @@ class StepLog:
         self.echo = echo or sys.stderr  # looked up now: sys.stderr may be swapped after import
         self.last_error: str | None = None
         self._tasks: dict[int, TaskState] = {}
+        self._partial: dict[int, str] = {}  # thread -> the start of a line not yet ended
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -58,12 +59,15 @@ class StepLog:
             if self.file.closed:  # a kfp.local logging handler can outlive the run
                 return len(text)
             self.file.write(text)
-            for line in ANSI.sub("", text).splitlines():
-                self._line(line)
+            # A write may end mid-line (container logs stream in chunks): the rest of the line
+            # waits for the next write from the same thread.
+            thread = threading.get_ident()
+            *lines, self._partial[thread] = (self._partial.pop(thread, "") + ANSI.sub("", text)).split("\n")
+            for line in lines:
+                self._line(line, thread)
         return len(text)
 
-    def _line(self, line: str) -> None:
-        thread = threading.get_ident()
+    def _line(self, line: str, thread: int) -> None:
         started, finished = STARTED.search(line), FINISHED.search(line)
         task = self._tasks.get(thread)
         if started:
@@ -109,4 +113,9 @@ class StepLog:
             self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        with self._lock:
+            for thread, line in self._partial.items():
+                if line:
+                    self._line(line, thread)
+            self._partial.clear()
+            self.file.close()

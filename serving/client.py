@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (
 )
 
 from medkfp import vocab
-from medkfp.errors import InvalidInput, UserError
+from medkfp.errors import InvalidInputError, UserError
 
 # UNAVAILABLE (server restarting, connection refused) is retried this many times, waiting
 # BACKOFF_SECONDS, then twice as long each time, at most MAX_BACKOFF_SECONDS. So is
@@ -117,7 +117,7 @@ def _serving_error(address: str, error: grpc.RpcError, timeout: float) -> Servin
 
 def _model_spec(spec, model: str, version: int | None, label: str | None) -> None:
     if version is not None and label:
-        raise InvalidInput("give a model version or a version label, not both")
+        raise InvalidInputError("give a model version or a version label, not both")
     spec.name = model
     if version is not None:
         spec.version.value = version
@@ -175,7 +175,7 @@ def predict(
     when the server cannot be reached or refuses the request.
     """
     if not images:
-        raise InvalidInput("no images to predict")
+        raise InvalidInputError("no images to predict")
     address = normalize_address(server)
     predictions: list[dict] = []
     with _channel(address) as channel:

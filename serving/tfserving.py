@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from medkfp import vocab
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.serving.process import ServeError, configure_logging, stop_on_signals
 from medkfp.serving.sync import PENDING_RECHECK_SECONDS, ServingSync, SyncReport
 from medkfp.store import StoreError, open_store
@@ -40,7 +40,7 @@ def choose_engine(engine: str) -> str:
     asked for and not installed.
     """
     if engine not in ENGINES:
-        raise InvalidInput(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+        raise InvalidInputError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     if engine == BUILTIN:
         return BUILTIN
     if find_binary():

@@ -61,3 +61,18 @@ def test_a_failed_task_shows_its_last_error_lines_and_the_log(tmp_path):
     assert "| ValueError: 8 of 8 files rejected" in shown
     assert f"full log: {tmp_path / 'run.log'}" in shown
     assert log.last_error == "ValueError: 8 of 8 files rejected: use a folder of images"
+
+
+def test_a_line_written_in_chunks_is_read_whole(tmp_path):
+    """Container logs stream in chunks that end mid-line; the error line still counts whole."""
+    log = StepLog(tmp_path / "run.log", echo=io.StringIO())
+    for chunk in (
+        "Executing task 'ingest'\n",
+        "Traceback ...\nmedkfp.errors.InvalidInp",
+        "utError",
+        ": 8 of 8 ",
+    ):
+        log.write(chunk)
+    log.write("files were rejected\n")
+    log.close()
+    assert log.last_error == "InvalidInputError: 8 of 8 files were rejected"

@@ -21,7 +21,7 @@ from imblearn.under_sampling import RandomUnderSampler
 from sklearn.utils.class_weight import compute_class_weight
 
 from medkfp import vocab
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.store import open_store
 from medkfp.tables import read_examples
 
@@ -34,7 +34,7 @@ def resample_ids(ids: np.ndarray, labels: np.ndarray, strategy: str, seed: int) 
     Raises ValueError for an unknown strategy.
     """
     if strategy not in vocab.BALANCING:
-        raise InvalidInput(f"unknown balancing {strategy!r}: use one of {', '.join(vocab.BALANCING)}")
+        raise InvalidInputError(f"unknown balancing {strategy!r}: use one of {', '.join(vocab.BALANCING)}")
     if strategy not in SAMPLERS:  # none, class_weight: every image once
         return Counter(ids.tolist())
     sampler = SAMPLERS[strategy](random_state=seed)

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from medkfp import vocab
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 
 GRID_NAMES = (*vocab.GRIDS, vocab.PAPER_GRID)
 
@@ -27,7 +27,7 @@ def named_grid(grid: str, dataset: str | None) -> tuple[vocab.Candidate, ...] | 
     if grid != vocab.PAPER_GRID:
         return None
     if dataset not in vocab.PAPER_GRIDS:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"the paper grid exists for {' and '.join(vocab.PAPER_GRIDS)} (the two studies), not "
             f"{dataset!r}: use --grid quick or a grid file"
         )
@@ -42,21 +42,21 @@ def file_grid(grid: str) -> tuple[vocab.Candidate, ...]:
     try:
         entries = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise InvalidInput(f"grid {grid!r} is not a grid name or a readable grid file: {e}") from None
+        raise InvalidInputError(f"grid {grid!r} is not a grid name or a readable grid file: {e}") from None
     if isinstance(entries, dict):
         entries = entries.get("candidates")
     if not isinstance(entries, list) or not entries:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"grid {grid!r} is neither one of {', '.join(GRID_NAMES)} nor a non-empty list of "
             "candidates ({architecture, balancing}) in a JSON/YAML file"
         )
     candidates = []
     for entry in entries:
         if not isinstance(entry, dict) or {"architecture", "balancing"} - set(entry):
-            raise InvalidInput(f"grid entry {entry!r} needs 'architecture' and 'balancing'")
+            raise InvalidInputError(f"grid entry {entry!r} needs 'architecture' and 'balancing'")
         candidate = vocab.Candidate.from_dict(entry)
         if entry.get("name", candidate.name) != candidate.name:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"grid entry {entry!r}: candidates are named <architecture>-<balancing> "
                 f"({candidate.name}); drop 'name'"
             )
@@ -66,7 +66,7 @@ def file_grid(grid: str) -> tuple[vocab.Candidate, ...]:
 
 def check_weights(weights: str) -> None:
     if weights not in vocab.WEIGHTS and not weights.endswith(".h5"):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"weights {weights!r}: use imagenet, none, or the s3:// URI or path of a .weights.h5 / .h5 file"
         )
 
@@ -80,19 +80,19 @@ def check_candidate(c: vocab.Candidate) -> None:
     )
     for key, allowed in choices:
         if getattr(c, key) not in allowed:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"candidate {c.name}: unknown {key} {getattr(c, key)!r}; use one of {', '.join(allowed)}"
             )
     check_weights(c.weights)
     if c.architecture == "simple-cnn" and c.weights != "none":
-        raise InvalidInput(f"candidate {c.name}: simple-cnn has no pretrained weights; use weights none")
+        raise InvalidInputError(f"candidate {c.name}: simple-cnn has no pretrained weights; use weights none")
     for key in ("epochs", "batch_size"):
         if getattr(c, key) < 1:
-            raise InvalidInput(f"candidate {c.name}: {key} must be at least 1, got {getattr(c, key)}")
+            raise InvalidInputError(f"candidate {c.name}: {key} must be at least 1, got {getattr(c, key)}")
     if not c.learning_rate > 0:
-        raise InvalidInput(f"candidate {c.name}: learning_rate must be positive, got {c.learning_rate}")
+        raise InvalidInputError(f"candidate {c.name}: learning_rate must be positive, got {c.learning_rate}")
     if c.dense_units < 0:
-        raise InvalidInput(f"candidate {c.name}: dense_units must be 0 or more, got {c.dense_units}")
+        raise InvalidInputError(f"candidate {c.name}: dense_units must be 0 or more, got {c.dense_units}")
 
 
 def run_image_size(candidates, image_size: int) -> int:
@@ -101,7 +101,7 @@ def run_image_size(candidates, image_size: int) -> int:
         return image_size
     sizes = sorted({c.image_size for c in candidates if c.image_size})
     if len(sizes) > 1:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"grid candidates ask for different image sizes {sizes}: one run writes one set of "
             "shards; give --image-size or split the grid into runs"
         )
@@ -140,7 +140,7 @@ def expand_grid(
     Raises ValueError naming the bad grid entry or setting.
     """
     if epochs < 0 or image_size < 0:
-        raise InvalidInput("--epochs and --image-size must be positive")
+        raise InvalidInputError("--epochs and --image-size must be positive")
     if weights:
         check_weights(weights)
     candidates = named_grid(grid, dataset) or file_grid(grid)
@@ -150,7 +150,7 @@ def expand_grid(
         check_candidate(c)
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
-        raise InvalidInput(f"grid has duplicate candidates: {names}")
+        raise InvalidInputError(f"grid has duplicate candidates: {names}")
     return [c.to_dict() for c in candidates]
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from medkfp import dicom, snapshot, vocab
 from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
 from medkfp.components.ingest.sources import UnreadableFile
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.image_files import DEFAULT_MAX_PIXELS, Rejection, check_image
 from medkfp.parallel import DEFAULT_WORKERS, Uploader, bounded_map, progress_bar
 from medkfp.store import open_store
@@ -320,7 +320,9 @@ def ingest(
     rejects or a class without images, StoreError for the store.
     """
     if not 0 <= max_rejected_fraction <= 1:
-        raise InvalidInput(f"--max-rejected-fraction must be between 0 and 1, got {max_rejected_fraction}")
+        raise InvalidInputError(
+            f"--max-rejected-fraction must be between 0 and 1, got {max_rejected_fraction}"
+        )
     store = open_store(store_uri)
     listed_at = snapshot.now()  # lineage: when the source was listed, before reading it
 
@@ -394,7 +396,7 @@ def rejected_fraction_problem(survey: Survey, limit: float, where: str = "") -> 
 def check_rejected_fraction(survey: Survey, limit: float, where: str = "") -> None:
     problem = rejected_fraction_problem(survey, limit, where)
     if problem:
-        raise InvalidInput(problem)
+        raise InvalidInputError(problem)
 
 
 def empty_classes_problem(survey: Survey) -> str | None:
@@ -410,4 +412,4 @@ def empty_classes_problem(survey: Survey) -> str | None:
 def check_every_class(survey: Survey) -> None:
     problem = empty_classes_problem(survey)
     if problem:
-        raise InvalidInput(problem)
+        raise InvalidInputError(problem)

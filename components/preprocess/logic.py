@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from medkfp import vocab
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.image_files import PASS_THROUGH_FORMATS, PASS_THROUGH_MODES, to_decodable
 from medkfp.imaging import decode_and_resize
 from medkfp.parallel import DEFAULT_WORKERS, UPLOAD_WORKERS, bounded_map
@@ -65,7 +65,7 @@ def preprocess(
     Raises ValueError for a bad image size or fraction, or a class too small to split.
     """
     if image_size < 16:
-        raise InvalidInput(f"--image-size must be at least 16 pixels, got {image_size}")
+        raise InvalidInputError(f"--image-size must be at least 16 pixels, got {image_size}")
     store = open_store(ingest_summary["store"])
     run_id = ingest_summary["run_id"]
     class_names = ingest_summary["class_names"]

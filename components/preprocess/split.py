@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = np.array(["train", "val", "test"], dtype=object)
@@ -47,7 +47,7 @@ def split_examples(
     """
     for name, value in (("test", test_fraction), ("val", val_fraction)):
         if not 0 < value < 1:
-            raise InvalidInput(f"--{name}-fraction must be between 0 and 1, got {value}")
+            raise InvalidInputError(f"--{name}-fraction must be between 0 and 1, got {value}")
     if groups is None or not groups.duplicated().any():
         return _stratified_split(labels, test_fraction, val_fraction, seed)
     return _grouped_split(labels, groups, test_fraction, val_fraction, seed)
@@ -56,7 +56,7 @@ def split_examples(
 def _stratified_split(labels: pd.Series, test_fraction, val_fraction, seed) -> pd.Series:
     counts = labels.value_counts()
     if counts.min() < MIN_PER_CLASS:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"class {counts.idxmin()!r} has {counts.min()} image(s): a stratified "
             f"train/val/test split needs at least {MIN_PER_CLASS} per class"
         )
@@ -78,7 +78,7 @@ def _grouped_split(labels: pd.Series, groups: pd.Series, test_fraction, val_frac
     groups_per_class = (composition > 0).sum(axis=0)
     if groups_per_class.min() < MIN_PER_CLASS:
         worst = int(groups_per_class.argmin())
-        raise InvalidInput(
+        raise InvalidInputError(
             f"class {classes[worst]!r} has images in {groups_per_class[worst]} group(s) (patients, "
             f"duplicate files): a grouped train/val/test split needs at least {MIN_PER_CLASS}"
         )

@@ -23,7 +23,7 @@ from medkfp.components.push.gate import (  # noqa: F401 (recall_checks: re-expor
     with_gate_section,
 )
 from medkfp.dicom import windowing_statement
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.model_repository import ModelRepository
 from medkfp.report import comparison_report, write_html
 from medkfp.snapshot import data_changes
@@ -32,7 +32,7 @@ from medkfp.store import open_store
 
 def check_selection_metric(metric: str) -> str:
     if metric not in vocab.SELECTION_METRICS:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"unknown selection metric {metric!r}: use one of {', '.join(vocab.SELECTION_METRICS)}"
         )
     return metric
@@ -43,11 +43,11 @@ def check_min_recall(min_recall: dict | None, class_names) -> dict[str, float]:
     floors = {}
     for name, floor in (min_recall or {}).items():
         if name not in class_names:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"--min-recall names class {name!r}, which is not one of {', '.join(class_names)}"
             )
         if not 0 <= float(floor) <= 1:
-            raise InvalidInput(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
+            raise InvalidInputError(f"--min-recall {name}={floor}: a recall floor is between 0 and 1")
         floors[name] = float(floor)
     return floors
 
@@ -67,7 +67,7 @@ def select_best(evaluations: list[dict], metric: str = vocab.SELECTION_METRIC) -
     """The evaluation ranking first by `metric` (balanced accuracy breaks ties)."""
     check_selection_metric(metric)
     if not evaluations:
-        raise InvalidInput("no candidate was evaluated: the grid is empty")
+        raise InvalidInputError("no candidate was evaluated: the grid is empty")
     return max(evaluations, key=lambda e: rank_key(e, metric))
 
 

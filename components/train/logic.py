@@ -28,7 +28,7 @@ from medkfp.components.train.checkpoints import StoreCheckpoint
 from medkfp.components.train.data import SHUFFLE_BUFFER, train_pipeline
 from medkfp.components.train.devices import setup_devices
 from medkfp.components.train.models import build_model
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 from medkfp.imaging import export_serving_model
 from medkfp.metrics import expected_calibration_error, fit_temperature, negative_log_likelihood, softmax
 from medkfp.shards import FEATURES, download_shards, parse_example  # noqa: F401 (FEATURES: the schema train reads)
@@ -137,7 +137,7 @@ def compile_model(spec: vocab.Candidate, n_classes: int, image_size: int, weight
         dense_units=spec.dense_units,
     )
     if spec.optimizer not in OPTIMIZERS:
-        raise InvalidInput(f"unknown optimizer {spec.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        raise InvalidInputError(f"unknown optimizer {spec.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     model.compile(
         optimizer=OPTIMIZERS[spec.optimizer](learning_rate=spec.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -189,14 +189,14 @@ def schedule_callbacks() -> tuple[keras.callbacks.EarlyStopping, keras.callbacks
 
 def check_candidate(spec: vocab.Candidate, image_size: int) -> None:
     if spec.epochs < 1:
-        raise InvalidInput(f"--epochs must be at least 1, got {spec.epochs}")
+        raise InvalidInputError(f"--epochs must be at least 1, got {spec.epochs}")
     if spec.min_steps < 0 or spec.warmup_steps < 0:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"candidate {spec.name}: min_steps and warmup_steps must be 0 or more, got "
             f"{spec.min_steps} and {spec.warmup_steps}"
         )
     if spec.image_size not in (None, image_size):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"candidate {spec.name} wants {spec.image_size} px images but the run's shards are "
             f"{image_size} px: run with --image-size {spec.image_size} or drop image_size from the grid"
         )

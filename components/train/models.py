@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 
 from medkfp import vocab
-from medkfp.errors import InvalidInput
+from medkfp.errors import InvalidInputError
 
 BACKBONES = {
     "mobilenetv2": keras.applications.MobileNetV2,
@@ -40,7 +40,9 @@ class BackbonePreprocess(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if architecture not in PREPROCESS:
-            raise InvalidInput(f"unknown architecture {architecture!r}: use one of {', '.join(PREPROCESS)}")
+            raise InvalidInputError(
+                f"unknown architecture {architecture!r}: use one of {', '.join(PREPROCESS)}"
+            )
         self.architecture = architecture
 
     def call(self, images):
@@ -95,14 +97,14 @@ def build_model(
     Raises ValueError for an unknown architecture or weights the architecture cannot take.
     """
     if architecture not in PREPROCESS:
-        raise InvalidInput(f"unknown architecture {architecture!r}: use one of {', '.join(PREPROCESS)}")
+        raise InvalidInputError(f"unknown architecture {architecture!r}: use one of {', '.join(PREPROCESS)}")
     if dense_units is None:
         dense_units = vocab.DEFAULT_DENSE_UNITS[architecture]
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = BackbonePreprocess(architecture, name="preprocess")(inputs)
     if architecture == "simple-cnn":
         if weights is not None:
-            raise InvalidInput("simple-cnn has no pretrained weights: use weights none")
+            raise InvalidInputError("simple-cnn has no pretrained weights: use weights none")
         x = simple_cnn_features(x)
     else:
         x = backbone_features(x, architecture, image_size, weights, freeze_backbone)
