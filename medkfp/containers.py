@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from medkfp import vocab
@@ -93,6 +95,18 @@ def docker_runner(pipeline_root: Path, read_only: list[Path] = ()):
     return local.DockerRunner(**args)
 
 
+def log_lines(chunks) -> Iterator[str]:
+    """The text lines of a container's log stream, whose chunks may end mid-line (or mid-character)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    for chunk in chunks:
+        *lines, pending = (pending + decoder.decode(chunk)).split("\n")
+        yield from lines
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
+
+
 def run_container_checked(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
     """Run one step's container to the end and return its real exit status.
 
@@ -104,8 +118,8 @@ def run_container_checked(client, image: str, command: list[str], volumes: dict,
         image=image, command=command, detach=True, stdout=True, stderr=True, volumes=volumes, **run_args
     )
     try:
-        for chunk in container.logs(stream=True, follow=True):
-            print(chunk.decode(errors="replace"), end="")
+        for line in log_lines(container.logs(stream=True, follow=True)):
+            print(line)  # whole lines: kfp.local indents each print, so a split line would not read back
         return int(container.wait()["StatusCode"])
     finally:
         with contextlib.suppress(Exception):

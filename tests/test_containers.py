@@ -137,3 +137,13 @@ def test_runner_docker_needs_an_s3_store(tmp_path):
             ),
             runner="docker",
         )
+
+
+def test_log_lines_are_whole_whatever_the_chunks():
+    """The engine's log stream cuts lines (and UTF-8 characters) anywhere."""
+    chunks = [b"Traceback\nmedkfp.errors.Inva", b"lidInputError: caf\xc3", b"\xa9 rejected\n", b"last"]
+    assert list(containers.log_lines(chunks)) == [
+        "Traceback",
+        "medkfp.errors.InvalidInputError: café rejected",
+        "last",
+    ]
