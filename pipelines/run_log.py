@@ -24,7 +24,7 @@ from medkfp.artifacts import CANDIDATE_MARKER
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([\w-]+)'")
 FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
-ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception))\s*: (.+)$")
+ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 CANDIDATE = re.compile(re.escape(CANDIDATE_MARKER) + r"(\S+)")
 # Tasks that work on one candidate: their start line waits for the candidate's name.
 PER_CANDIDATE = frozenset({"balance", "train", "evaluate"})
