@@ -9,17 +9,15 @@ The limits, measured in the same run on the same files:
 - preprocess: the same decode + resize + PNG encode (the step's own tf.function) of the
   same raw files in a `tf.data` parallel map over the local files, nothing else: no store,
   no shards (the fastest way to do that work found here; PIL in one process per core is slower);
-- preprocess through S3, a second bound beside the first: bare parallel GETs of the same
-  objects with the minio client alone (16 threads, as the step), nothing decoded. On a small
-  machine the loopback server shares the cores with the step, so neither bound alone is
-  reachable: `combined_limit_images_per_s` is the rate if each image paid both (1/(1/a+1/b));
-- ingest upload: bare parallel PUTs of the same bytes to the same S3 server (16 threads),
-  with no scan and no decode check; the sequential PUT rate is shown beside it.
+- ingest upload: bare parallel PUTs of the same bytes to the same S3 server, one object per
+  image (16 threads), with no scan and no decode check; the sequential PUT rate is shown
+  beside it. Ingest itself stores packs (medkfp.packs), a few large objects, so it can beat
+  this bound although it also reads and checks every file.
 
 Streaming keeps the peak flat: 8x the images should need at most 1.2x the peak memory.
-Writes bench-out/preprocess.json ({images_per_s, limit_images_per_s, ratio_to_limit,
-peak_rss_ratio_8x} for the local store, the same per store, for S3 also get_limit_images_per_s,
-ratio_to_get_limit and the combined bound, and the ingest uploads).
+Preprocess reads ingest's packs, a few large objects from either store. Writes
+bench-out/preprocess.json ({images_per_s, limit_images_per_s, ratio_to_limit,
+peak_rss_ratio_8x} for the local store, the same per store, and the ingest uploads).
 
     .venv/bin/python bench/preprocess_bench.py [--sizes 400,3200] [--image-size 224] [--json FILE]
 """
@@ -40,7 +38,6 @@ import numpy as np
 from PIL import Image
 
 from medkfp import vocab
-from medkfp.parallel import UPLOAD_WORKERS
 
 BASE_IMAGES = 1000  # drawn by synth_covid; bigger sets are tweaked copies of these
 RUN = "bench"
@@ -96,14 +93,14 @@ def measure(summary_path: str, image_size: int) -> dict:
     }
 
 
-def measure_limit(raw_dir: str, image_size: int) -> dict:
-    """Run in the child process: the step's decode + resize + encode over the raw files in a
-    tf.data parallel map, and nothing else."""
+def measure_limit(folder: str, image_size: int) -> dict:
+    """Run in the child process: the step's decode + resize + encode over the same image files
+    (the source folder's) in a tf.data parallel map, and nothing else."""
     import tensorflow as tf
 
     from medkfp.components.preprocess.logic import resize_png_fn
 
-    files = sorted(str(p) for p in Path(raw_dir).iterdir() if p.is_file())
+    files = sorted(str(p) for p in Path(folder).rglob("*.png"))
     resize_png = resize_png_fn(image_size)
     start = time.perf_counter()
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -130,22 +127,6 @@ def bare_uploads(folder: Path, store_uri: str, workers: int) -> dict:
         "images_per_s": len(blobs) / seconds,
         "workers": workers,
     }
-
-
-def bare_gets(summary_path: Path, workers: int) -> dict:
-    """GET every ingested image with `workers` threads through the store, nothing else; images/s."""
-    from medkfp.parallel import bounded_map
-    from medkfp.store import open_store
-    from medkfp.tables import read_manifest
-
-    summary = json.loads(summary_path.read_text())
-    store = open_store(summary["store"])
-    rows = read_manifest(summary).itertuples()
-    keys = [vocab.raw_image_key(summary["run_id"], r.id, r.suffix) for r in rows]
-    start = time.perf_counter()
-    count = sum(1 for _ in bounded_map(store.get_bytes, keys, workers, window=64))
-    seconds = time.perf_counter() - start
-    return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "workers": workers}
 
 
 def run_child(mode: str, arg: str, image_size: int) -> dict:
@@ -207,16 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         build_dataset(base, work / f"set-{n}", n)
         summary_path = work / f"summary-local-{n}.json"
         ingest_dataset(work / f"set-{n}", str(work / f"store-{n}"), summary_path)
-        raw_dir = work / f"store-{n}" / vocab.run_key(RUN, "raw", "")
         # The limit and the step back to back, on the same files, in fresh processes.
-        limits[n] = run_child("--limit-child", str(raw_dir), args.image_size)
+        limits[n] = run_child("--limit-child", str(work / f"set-{n}"), args.image_size)
         if "local" in stores:
             local_runs[n] = run_child("--child", str(summary_path), args.image_size)
     if local_runs:
         report["stores"]["local"] = store_figures(local_runs, limits)
     if "s3" in stores:
         with loopback_s3():
-            s3_runs, s3_limits, uploads, gets = {}, {}, {}, {}
+            s3_runs, s3_limits, uploads = {}, {}, {}
             for n in sizes:
                 print(f"ingesting {n} images through the loopback S3 server ...", file=sys.stderr)
                 summary_path = work / f"summary-s3-{n}.json"
@@ -225,25 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                 uploads[n] = {"ingest": ingested, "bare_parallel_put": bare}
                 # Each run beside its own limit, measured just before it: a neighbour's load
                 # changes from minute to minute on a shared machine.
-                raw_dir = work / f"store-{n}" / vocab.run_key(RUN, "raw", "")
-                s3_limits[n] = run_child("--limit-child", str(raw_dir), args.image_size)
-                gets[n] = bare_gets(summary_path, UPLOAD_WORKERS)
+                s3_limits[n] = run_child("--limit-child", str(work / f"set-{n}"), args.image_size)
                 s3_runs[n] = run_child("--child", str(summary_path), args.image_size)
             largest = max(sizes)
             sequential = bare_uploads(work / f"set-{min(sizes)}", "s3://bench-sequential", 1)
-        report["stores"]["s3"] = figures = store_figures(s3_runs, s3_limits)
-        get_limit = gets[largest]["images_per_s"]
-        combined = 1 / (1 / figures["limit_images_per_s"] + 1 / get_limit)
-        figures.update(
-            {
-                "get_limit_images_per_s": get_limit,
-                "ratio_to_get_limit": figures["images_per_s"] / get_limit,
-                "combined_limit_images_per_s": combined,
-                "ratio_to_combined_limit": figures["images_per_s"] / combined,
-            }
-        )
-        for n in sizes:
-            figures["runs"][str(n)]["get_limit_images_per_s"] = gets[n]["images_per_s"]
+        report["stores"]["s3"] = store_figures(s3_runs, s3_limits)
         report["ingest_upload"] = {
             "images_per_s": uploads[largest]["ingest"]["images_per_s"],
             "limit_images_per_s": uploads[largest]["bare_parallel_put"]["images_per_s"],
@@ -288,13 +254,6 @@ def table(report: dict) -> str:
             f"x{fig['peak_rss_ratio_8x']:.2f} for x{fig['images_ratio']:.0f} the images "
             "(target <= 1.2x)"
         )
-        if "get_limit_images_per_s" in fig:
-            lines.append(
-                f"{name:>6}: bare parallel GET {fig['get_limit_images_per_s']:.0f} images/s "
-                f"= {fig['ratio_to_get_limit']:.2f}x; both bounds paid per image "
-                f"{fig['combined_limit_images_per_s']:.0f} images/s "
-                f"= {fig['ratio_to_combined_limit']:.2f}x"
-            )
     if "ingest_upload" in report:
         u = report["ingest_upload"]
         lines.append(

@@ -18,6 +18,7 @@ from medkfp.components.ingest.logic import ingest
 from medkfp.errors import InvalidInputError
 from medkfp.image_files import to_decodable
 from medkfp.imaging import load_signature, predict_bytes
+from medkfp.packs import pack_reader
 from medkfp.report import write_report
 from medkfp.scoring import score_probabilities
 from medkfp.store import LocalStore, open_uri
@@ -58,14 +59,13 @@ def class_indices(labels, class_names: list[str], model: str) -> np.ndarray:
 
 
 def predict_store_images(signature, store: LocalStore, manifest) -> np.ndarray:
+    """Probabilities of every manifest image (taken from ingest's packs), in manifest order."""
     chunks = []
-    for start in range(0, len(manifest), CHUNK):
-        rows = manifest.iloc[start : start + CHUNK]
-        images = [
-            to_decodable(store.get_bytes(vocab.raw_image_key(RUN_ID, row.id, row.suffix)))
-            for row in rows.itertuples()
-        ]
-        chunks.append(predict_bytes(signature, images))
+    with pack_reader(store, manifest["pack"]) as read:
+        for start in range(0, len(manifest), CHUNK):
+            rows = manifest.iloc[start : start + CHUNK]
+            images = [to_decodable(read(row.pack, row.offset, row.bytes)) for row in rows.itertuples()]
+            chunks.append(predict_bytes(signature, images))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 

@@ -148,10 +148,15 @@ def _one_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def passes_through(image_format: str, mode: str) -> bool:
+    """Whether tf.io.decode_image takes an image of this format and mode as it is."""
+    return image_format in PASS_THROUGH_FORMATS and mode in PASS_THROUGH_MODES
+
+
 def to_decodable(data: bytes) -> bytes:
     """The bytes to hand to tf.io.decode_image, per the module's normalization rules."""
     with Image.open(io.BytesIO(data)) as image:
-        if image.format in PASS_THROUGH_FORMATS and image.mode in PASS_THROUGH_MODES:
+        if passes_through(image.format, image.mode):
             return data
         image.load()
         return _png(_normalized(image))

@@ -9,7 +9,7 @@ import pandas as pd
 from medkfp.store import open_store
 
 # Text columns stay text: ids such as "0001" and labels such as "NA" are not numbers or missing.
-MANIFEST_DTYPES = {"id": str, "group": str, "path": str, "label": str}
+MANIFEST_DTYPES = {"id": str, "group": str, "path": str, "label": str, "pack": str}
 EXAMPLES_DTYPES = {"id": str, "label": str, "group": str}
 REPEATS_DTYPES = {"id": str}
 

@@ -225,8 +225,9 @@ def run_key(run_id: str, *parts: str) -> str:
     return "/".join((RUNS_PREFIX, run_id, *parts))
 
 
-def raw_image_key(run_id: str, image_id: str, suffix: str) -> str:
-    return run_key(run_id, "raw", f"{image_id}{suffix.lower()}")
+def pack_key(run_id: str, index: int) -> str:
+    """Key of one of ingest's image packs (medkfp.packs)."""
+    return run_key(run_id, "raw", f"pack-{index:05d}.tar")
 
 
 def shard_key(run_id: str, split: str, index: int, total: int) -> str:

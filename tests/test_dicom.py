@@ -27,6 +27,7 @@ from medkfp import dicom, vocab
 from medkfp.cli import main
 from medkfp.components.ingest.layouts import LayoutError
 from medkfp.components.ingest.logic import ingest
+from medkfp.packs import pack_reader
 from medkfp.plan import plan
 from medkfp.store import LocalStore
 from medkfp.synth import dicom as synth_dicom
@@ -243,9 +244,10 @@ def test_ingest_keeps_no_identifying_value_and_groups_by_patient(tmp_path, monke
     assert manifest.groupby("patient").size().max() == 3
     assert set(manifest["windowing"]) == {"window", "voi_lut", "minmax"}
     assert any("[removed]" in p for p in manifest["path"])
-    for row in manifest.itertuples():  # the store holds the PNG, with no header at all
-        stored = store.get_bytes(vocab.raw_image_key("r1", row.id, row.suffix))
-        assert stored.startswith(b"\x89PNG") and b"DICM" not in stored
+    with pack_reader(store, manifest["pack"]) as read:  # the store holds the PNG, with no header at all
+        for row in manifest.itertuples():
+            stored = read(row.pack, row.offset, row.bytes)
+            assert stored.startswith(b"\x89PNG") and b"DICM" not in stored
 
     dicom_block = summary["dicom"]
     assert dicom_block["patients"] == len(people) and dicom_block["pseudonym_salt"] == dicom.SALT_ENV
@@ -408,9 +410,10 @@ def test_predict_on_a_dicom_gives_the_answer_of_its_stored_png(tmp_path, monkeyp
     runs = LocalStore(tmp_path / "runs")
     manifest = read_manifest(ingest(vocab.IMAGEFOLDER, str(films), runs.uri, "r1"))
     pngs = []
-    for row in manifest.itertuples():
-        pngs.append(tmp_path / f"{row.id}.png")
-        pngs[-1].write_bytes(runs.get_bytes(vocab.raw_image_key("r1", row.id, row.suffix)))
+    with pack_reader(runs, manifest["pack"]) as read:
+        for row in manifest.itertuples():
+            pngs.append(tmp_path / f"{row.id}.png")
+            pngs[-1].write_bytes(read(row.pack, row.offset, row.bytes))
     dcms = [str(films / p) for p in manifest["path"]]
 
     store = LocalStore(tmp_path / "models")

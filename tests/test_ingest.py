@@ -4,6 +4,7 @@ The decode checks run on a corpus of broken files; the rejected fraction has a l
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
@@ -18,6 +19,7 @@ from medkfp.components.ingest.layouts import LayoutError, scan_source
 from medkfp.components.ingest.logic import ingest
 from medkfp.image_files import check_image, to_decodable
 from medkfp.imaging import decode_and_resize
+from medkfp.packs import pack_reader
 from medkfp.synth import synth_covid, write_broken_files
 from medkfp.tables import read_manifest
 
@@ -61,8 +63,9 @@ def test_ingest_covid_layout_uploads_every_accepted_image(covid_folder, local_st
     manifest = read_manifest(summary)
     assert set(manifest["label"]) == set(vocab.COVID_CLASSES)
     assert manifest["path"].str.contains("/images/").all()
-    for row in manifest.itertuples():
-        assert local_store.exists(vocab.raw_image_key(RUN, row.id, row.suffix))
+    with pack_reader(local_store, manifest["pack"]) as read:  # each image is in its pack, intact
+        for row in manifest.itertuples():
+            assert hashlib.sha256(read(row.pack, row.offset, row.bytes)).hexdigest() == row.sha256
 
 
 def test_covid_flat_layout_and_ignored_files(tmp_path, covid_folder):

@@ -24,6 +24,7 @@ from medkfp.components.ingest.layouts import Item, opened_source, scan_layout
 from medkfp.components.ingest.sources import UnreadableFile
 from medkfp.errors import InvalidInputError
 from medkfp.image_files import DEFAULT_MAX_PIXELS, Rejection, check_image
+from medkfp.packs import PACKS_IN_FLIGHT, PackWriter
 from medkfp.parallel import DEFAULT_WORKERS, Uploader, bounded_map, progress_bar
 from medkfp.store import open_store
 
@@ -39,6 +40,8 @@ MANIFEST_COLUMNS = [
     "height",
     "mode",
     "format",
+    "pack",  # the image's pack (medkfp.packs) and the offset of its bytes there
+    "offset",
 ]
 REJECT_COLUMNS = ["path", "reason", "kind"]
 DEFAULT_MAX_REJECTED_FRACTION = vocab.DEFAULT_MAX_REJECTED_FRACTION
@@ -125,8 +128,9 @@ def survey_source(
     Args:
         dataset, source, label, labels: as for ingest.
         max_pixels: images over this many pixels are rejected (decompression-bomb guard).
-        keep: called as keep(record, data) for each accepted file, in a worker thread
-            (ingest uploads there, so each file is read once).
+        keep: called as keep(record, data) for each accepted file with the bytes to store
+            (a DICOM file's PNG), in this thread and in the source's order (ingest packs
+            them there, so each file is read once and the packs do not depend on timing).
         workers: reader/checker threads.
         progress: draw a progress bar on stderr.
 
@@ -151,15 +155,18 @@ def survey_source(
 
         def inspect(pair):
             path, loader = pair
-            return _inspect(items[path], loader, max_pixels, keep, scan.labels_by_uid)
+            record, rejection, path, data = _inspect(items[path], loader, max_pixels, scan.labels_by_uid)
+            return record, rejection, path, data if keep else None  # bytes leave the thread only if kept
 
         with progress_bar(progress, f"checking {len(items)} files", len(items)) as advance:
-            for record, rejection, path in bounded_map(inspect, opened.loaders(list(items)), workers):
+            for record, rejection, path, data in bounded_map(inspect, opened.loaders(list(items)), workers):
                 if rejection:
                     survey.rejects.append(_reject(path, rejection.reason, rejection.kind))
                     if isinstance(rejection, DicomRejection):
                         survey.rejects[-1]["dicom"] = True
                 else:
+                    if keep is not None:
+                        keep(record, data)
                     survey.accepted.append(record)
                 advance()
     survey.accepted.sort(key=lambda r: (r["path"], r["id"]))
@@ -176,22 +183,23 @@ class DicomRejection(Rejection):
 
 
 def _inspect(
-    item: Item, loader, max_pixels: int, keep, labels_by_uid=None
-) -> tuple[dict | None, Rejection | None, str]:
-    """Read and check one file; returns (manifest row, None, path) or (None, why, path)."""
+    item: Item, loader, max_pixels: int, labels_by_uid=None
+) -> tuple[dict | None, Rejection | None, str, bytes | None]:
+    """Read and check one file; returns (manifest row, None, path, bytes to store) or
+    (None, why, path, None)."""
     try:
         data = loader()
     except UnreadableFile as e:
         reason = str(e) if e.kind != "unreadable" else f"unreadable ({e})"
-        return None, Rejection(e.kind, reason), item.path
+        return None, Rejection(e.kind, reason), item.path, None
     if dicom.is_dicom(data, item.path):
-        return _inspect_dicom(item, data, max_pixels, keep, labels_by_uid or {})
+        return _inspect_dicom(item, data, max_pixels, labels_by_uid or {})
     if not item.label:  # the labels table names it by a SOPInstanceUID, which only DICOM has
         why = "not DICOM, so no SOPInstanceUID to find in the labels table"
-        return None, Rejection("unlabelled", why), item.path
+        return None, Rejection("unlabelled", why), item.path, None
     info, rejection = check_image(data, max_pixels)
     if rejection:
-        return None, rejection, item.path
+        return None, rejection, item.path, None
     suffix = "." + item.path.rsplit(".", 1)[-1].lower() if "." in item.path.rsplit("/", 1)[-1] else ""
     record = {
         "id": image_id(item.path),
@@ -204,14 +212,12 @@ def _inspect(
         **info,
         **item.meta,
     }
-    if keep is not None:
-        keep(record, data)
-    return record, None, item.path
+    return record, None, item.path, data
 
 
 def _inspect_dicom(
-    item: Item, data: bytes, max_pixels: int, keep, labels_by_uid: dict
-) -> tuple[dict | None, Rejection | None, str]:
+    item: Item, data: bytes, max_pixels: int, labels_by_uid: dict
+) -> tuple[dict | None, Rejection | None, str, bytes | None]:
     """Convert and de-identify one DICOM file: the PNG is what gets kept and uploaded.
 
     Its path and reasons lose every header value the de-identification removed; the label
@@ -222,12 +228,12 @@ def _inspect_dicom(
     except dicom.DicomRejected as e:
         # Only a decoder's own words can quote the header; the other reasons are medkfp's.
         reason = dicom.scrub_text(e.reason, e.scrub) if e.kind in dicom.DECODER_KINDS else e.reason
-        return None, DicomRejection(e.kind, reason), dicom.scrub_text(item.path, e.scrub)
+        return None, DicomRejection(e.kind, reason), dicom.scrub_text(item.path, e.scrub), None
     path = image.scrubbed(item.path)
     label = item.label or labels_by_uid.get(image.sop_instance_uid, "")
     if not label:
         why = "no row in the labels table for this file's SOPInstanceUID"
-        return None, DicomRejection("unlabelled", why), path
+        return None, DicomRejection("unlabelled", why), path, None
     record = {
         "id": image_id(item.path),
         "path": path,
@@ -244,9 +250,7 @@ def _inspect_dicom(
         **item.meta,
         **image.columns,
     }
-    if keep is not None:
-        keep(record, image.png)
-    return record, None, path
+    return record, None, path, image.png
 
 
 def _reject(path: str, reason: str, kind: str) -> dict:
@@ -326,14 +330,17 @@ def ingest(
     store = open_store(store_uri)
     listed_at = snapshot.now()  # lineage: when the source was listed, before reading it
 
-    # Uploads run in their own pool, apart from the decode checks: small objects wait on
-    # round trips, not on the CPU. Leaving the block waits for them and reports failures.
-    with Uploader(store.put_bytes) as uploads:
+    # Accepted images go into packs (medkfp.packs: a few large objects, not one per image),
+    # uploaded in their own pool while the checks go on. Leaving the block waits for the
+    # uploads and reports failures.
+    with Uploader(store.put_bytes, window=PACKS_IN_FLIGHT) as uploads:
+        packs = PackWriter(run_id, uploads.submit)
 
-        def upload(record: dict, data: bytes) -> None:
-            uploads.submit(vocab.raw_image_key(run_id, record["id"], record["suffix"]), data)
+        def keep(record: dict, data: bytes) -> None:
+            record["pack"], record["offset"] = packs.add(record["id"], record["suffix"], data)
 
-        survey = survey_source(dataset, source, label, max_pixels, upload, workers, progress, labels)
+        survey = survey_source(dataset, source, label, max_pixels, keep, workers, progress, labels)
+        packs.close()
     keys = {n: vocab.run_key(run_id, "ingest", f"{n}.csv") for n in ("manifest", "rejects", "ignored")}
     rejects = pd.DataFrame(survey.rejects, columns=REJECT_COLUMNS)
     store.put_text(keys["rejects"], rejects.to_csv(index=False))

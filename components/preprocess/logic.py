@@ -2,12 +2,12 @@
 
 Shards hold PNG bytes already at the training size, produced by the same decode-and-resize
 function the serving signature runs, so training decodes them cheaply and sees exactly what
-a served model sees. Preprocessing streams: threads fetch a bounded window of images from
-the store, a `tf.data` parallel map decodes, resizes and encodes them on every core (the
-per-image Python call it replaces left the cores half idle), and records are written into
-shards of bounded size as they come, so memory does not grow with the dataset. Each split's
-examples are shuffled (seeded) before sharding, so a shard mixes classes and training's
-shuffle buffer does not see one class at a time.
+a served model sees. Preprocessing streams: ingest's image packs are fetched with a few large
+reads (medkfp.packs), threads take each image from its pack and run the decode, resize and
+PNG encode (TensorFlow's ops release the GIL, so they use every core), and records are
+written into shards of bounded size as they come, so memory does not grow with the dataset.
+Each split's examples are shuffled (seeded) before sharding, so a shard mixes classes and
+training's shuffle buffer does not see one class at a time.
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ import tensorflow as tf
 from medkfp import vocab
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
 from medkfp.errors import InvalidInputError
-from medkfp.image_files import PASS_THROUGH_FORMATS, PASS_THROUGH_MODES, to_decodable
+from medkfp.image_files import passes_through, to_decodable
 from medkfp.imaging import decode_and_resize
-from medkfp.parallel import DEFAULT_WORKERS, UPLOAD_WORKERS, bounded_map
+from medkfp.packs import pack_reader
+from medkfp.parallel import DEFAULT_WORKERS, bounded_map
 from medkfp.shards import make_example
-from medkfp.store import LocalStore, open_store
+from medkfp.store import open_store
 from medkfp.tables import read_manifest
 
 # Room a serialized tf.train.Example needs beside its PNG bytes (id, label, framing).
 RECORD_OVERHEAD = 512
 PNG_COMPRESSION = 1  # zlib level of the shard PNGs
-FETCH_WINDOW = 64  # images read ahead of the decoders: bounds memory, hides store latency
+FETCH_WINDOW = 64  # images converted ahead of the writer: bounds memory, keeps the cores busy
 
 
 def records_per_shard(image_size: int, max_records: int, max_bytes: int) -> int:
@@ -78,16 +79,19 @@ def preprocess(
     examples_key = vocab.run_key(run_id, "preprocess", "examples.csv")
     store.put_text(examples_key, manifest[["id", "label", "split", "group"]].to_csv(index=False))
 
-    writer = _ShardWriter(store, run_id, class_names, image_size, workers)
     per_shard = records_per_shard(image_size, shard_max_records, shard_max_bytes)
     ordered = {
         split: manifest[manifest["split"] == split].sample(frac=1.0, random_state=seed)
         for split in vocab.SPLITS
     }
-    # One stream over every split (one pipeline to build, no drain between splits), cut
-    # into each split's shards in order.
-    records = writer.records(pd.concat(list(ordered.values())))
-    splits = {split: writer.write_split(split, ordered[split], per_shard, records) for split in vocab.SPLITS}
+    with pack_reader(store, manifest["pack"]) as read:
+        writer = _ShardWriter(store, run_id, class_names, image_size, workers, read)
+        # One stream over every split (no drain between splits), cut into each split's
+        # shards in order.
+        records = writer.records(pd.concat(list(ordered.values())))
+        splits = {
+            split: writer.write_split(split, ordered[split], per_shard, records) for split in vocab.SPLITS
+        }
     summary = {
         "dataset": ingest_summary["dataset"],
         "run_id": run_id,
@@ -109,16 +113,15 @@ def preprocess(
 
 
 class _ShardWriter:
-    """Converts a split's images in one streaming tf.data pipeline and writes them as shards."""
+    """Converts a split's images in worker threads and writes them as shards."""
 
-    def __init__(self, store, run_id: str, class_names: list[str], image_size: int, workers: int):
+    def __init__(self, store, run_id: str, class_names: list[str], image_size: int, workers: int, read):
         self.store = store
         self.run_id = run_id
         self.class_names = class_names
         self.label_index = {name: i for i, name in enumerate(class_names)}
-        # Reads from an S3 endpoint wait on round trips, not on the CPU: more threads than
-        # cores keep it busy (the same pool size as ingest's uploads).
-        self.workers = max(workers, UPLOAD_WORKERS) if store.uri.startswith("s3://") else workers
+        self.workers = workers
+        self.read = read  # read(pack, offset, length) -> an image's bytes (medkfp.packs)
         self.resize_png = resize_png_fn(image_size)
 
     def write_split(self, split: str, rows: pd.DataFrame, per_shard: int, records: Iterator[bytes]) -> dict:
@@ -140,44 +143,22 @@ class _ShardWriter:
             "shard_files": files,
         }
 
-    def _fetch_png(self, row) -> bytes:
-        """One image read from the store and converted, in the calling thread (TensorFlow's ops
-        release the GIL, so the fetch threads decode in parallel too)."""
-        data = to_decodable(self.store.get_bytes(vocab.raw_image_key(self.run_id, row.id, row.suffix)))
+    def _convert(self, row) -> bytes:
+        """One image read from its pack and converted, in the calling thread."""
+        data = self.read(row.pack, row.offset, row.bytes)
+        if not passes_through(row.format, row.mode):  # as ingest found it: no need to look again
+            data = to_decodable(data)
         return self.resize_png(tf.constant(data)).numpy()
 
     def records(self, rows: pd.DataFrame) -> Iterator[bytes]:
         """Serialized tf.train.Examples of `rows`, in order.
 
-        Store reads wait on I/O, so threads fetch them (a bounded window ahead); the decode,
-        resize and PNG encode run in tf.data's parallel map, in TensorFlow's own threads.
+        Worker threads convert a bounded window of images ahead of the writer: the decode,
+        resize and encode are TensorFlow ops, which run outside the GIL, so every core works.
         """
-        if rows.empty:
-            return
-        if self._readable_in_graph(rows):
-            # Files TensorFlow decodes as they are, in a local folder: read in the pipeline
-            # itself, so no image passes through Python on its way to the decoder.
-            files = [
-                str(self.store.root / vocab.raw_image_key(self.run_id, r.id, r.suffix))
-                for r in rows.itertuples()
-            ]
-            ds = tf.data.Dataset.from_tensor_slices(files).map(
-                lambda path: self.resize_png(tf.io.read_file(path)), num_parallel_calls=tf.data.AUTOTUNE
-            )
-            pngs = ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-        else:
-            pngs = bounded_map(self._fetch_png, rows.itertuples(), self.workers, window=FETCH_WINDOW)
+        pngs = bounded_map(self._convert, rows.itertuples(), self.workers, window=FETCH_WINDOW)
         for row, png in zip(rows.itertuples(), pngs):
             yield make_example(png, self.label_index[row.label], row.id).SerializeToString()
-
-    def _readable_in_graph(self, rows: pd.DataFrame) -> bool:
-        """Whether every image of `rows` is a local file that to_decodable would pass as is."""
-        return (
-            isinstance(self.store, LocalStore)
-            and {"format", "mode"} <= set(rows.columns)
-            and rows["format"].isin(PASS_THROUGH_FORMATS).all()
-            and rows["mode"].isin(PASS_THROUGH_MODES).all()
-        )
 
     def _write_shard(self, key: str, rows: pd.DataFrame, records: Iterator[bytes]) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
