@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from medkfp import vocab
 from medkfp.components.train.checkpoints import StoreCheckpoint
-from medkfp.components.train.data import SHUFFLE_BUFFER, train_pipeline
+from medkfp.components.train.data import train_pipeline
 from medkfp.components.train.devices import setup_devices
 from medkfp.components.train.models import build_model
 from medkfp.errors import InvalidInputError
@@ -53,36 +53,11 @@ def decode(example, image_size: int):
     return tf.cast(image, tf.float32), example["label"]
 
 
-def repeat_by_id(ds: tf.data.Dataset, repeats: dict[str, int]) -> tf.data.Dataset:
-    """Show each example as many times as the balancing table says (0 drops it)."""
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(repeats), tf.string),
-            tf.constant(list(repeats.values()), tf.int64),
-        ),
-        default_value=0,
-    )
-    return ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(table.lookup(ex["id"])))
-
-
 def steps_per_epoch(examples: int, spec: vocab.Candidate) -> int:
     """Batches per epoch: one pass over the split, or more when the candidate's step budget
     (min_steps over its epochs) asks for more."""
     one_pass = max(1, math.ceil(examples / spec.batch_size))
     return max(one_pass, math.ceil(spec.min_steps / spec.epochs))
-
-
-def train_dataset(paths, repeats, image_size, batch_size, seed, repeat: bool = False) -> tf.data.Dataset:
-    """The balanced train split, shuffled (seeded) and flipped; endless when `repeat`."""
-    ds = tf.data.TFRecordDataset(paths).map(parse_example)
-    ds = repeat_by_id(ds, repeats).apply(tf.data.experimental.assert_cardinality(sum(repeats.values())))
-    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed)
-    if repeat:  # reshuffled on every pass; batches may then span passes
-        ds = ds.repeat()
-    ds = ds.map(lambda ex: decode(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-    flip = keras.layers.RandomFlip("horizontal", seed=seed)
-    ds = ds.batch(batch_size).map(lambda x, y: (flip(x, training=True), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(paths, image_size, batch_size, count: int) -> tf.data.Dataset:
