@@ -317,7 +317,8 @@ def ingest(
             default labels.csv at the top of the source).
 
     Returns the ingest summary: store, keys of the manifest, rejects and ignored CSVs,
-    class names and counts (found = accepted + rejected), every reject {path, reason},
+    class names and counts (found = accepted + rejected), the number of image packs
+    (medkfp.packs) the accepted images went into, every reject {path, reason},
     duplicate sets, layout notes and, when DICOM files were found, the dicom block
     (conversion, de-identification, patients).
     Raises LayoutError for a source without the dataset's layout, ValueError for too many
@@ -340,7 +341,7 @@ def ingest(
             record["pack"], record["offset"] = packs.add(record["id"], record["suffix"], data)
 
         survey = survey_source(dataset, source, label, max_pixels, keep, workers, progress, labels)
-        packs.close()
+        pack_count = packs.close()
     keys = {n: vocab.run_key(run_id, "ingest", f"{n}.csv") for n in ("manifest", "rejects", "ignored")}
     rejects = pd.DataFrame(survey.rejects, columns=REJECT_COLUMNS)
     store.put_text(keys["rejects"], rejects.to_csv(index=False))
@@ -362,6 +363,7 @@ def ingest(
         "rejects_key": keys["rejects"],
         "ignored_key": keys["ignored"],
         "counts": counts_of(survey),
+        "packs": pack_count,
         "class_counts": survey.class_counts(),
         "rejects": [_public(r) for r in survey.rejects],
         "reject_kinds": dict(Counter(r["kind"] for r in survey.rejects)),
