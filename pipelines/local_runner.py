@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import logging
 import tempfile
 import warnings
 from dataclasses import replace
@@ -19,20 +18,12 @@ from medkfp.components.push.logic import check_min_recall, check_selection_metri
 from medkfp.errors import InvalidInputError, UserError
 from medkfp.pipelines import configs as c
 from medkfp.pipelines.pipeline import Images, build_pipeline, medkfp_pipeline
-from medkfp.pipelines.run_log import StepLog
+from medkfp.pipelines.run_log import StepLog, root_logging_to
 from medkfp.store import open_store
 
 
 class PipelineFailed(UserError, RuntimeError):
     """A step failed; the message carries the step's own error and the log's path."""
-
-
-def drop_handlers_writing_to(stream) -> None:
-    """kfp.local's parallel tasks can leave a root handler on our stream behind: remove it."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "stream", None) is stream:
-            root.removeHandler(handler)
 
 
 def _pipeline_and_runner(runner: str, image: str | None, root: Path, inputs: list[str]):
@@ -95,7 +86,7 @@ def run_local(
     local.init(runner=kfp_runner, pipeline_root=str(root))
     original_print = builtins.print
     try:
-        with contextlib.redirect_stdout(log), warnings.catch_warnings(), checked:
+        with contextlib.redirect_stdout(log), root_logging_to(log), warnings.catch_warnings(), checked:
             # Subprocess steps run in this environment rather than their image, and platform
             # settings (GPU, tolerations) are ignored locally: both by design, not worth a warning.
             warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)
@@ -107,7 +98,6 @@ def run_local(
         raise PipelineFailed(f"pipeline step failed: {reason} (log: {log.file.name})") from None
     finally:
         log.close()
-        drop_handlers_writing_to(log)
         # kfp.local indents print() while tasks run; parallel tasks can leave it patched.
         builtins.print = original_print
     return json.loads(task.output)

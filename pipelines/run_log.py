@@ -11,6 +11,8 @@ kfp.local runs each task, and prints its output, on one thread of its own.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import sys
 import threading
@@ -119,3 +121,25 @@ class StepLog:
                     self._line(line, thread)
             self._partial.clear()
             self.file.close()
+
+
+@contextlib.contextmanager
+def root_logging_to(stream):
+    """Send the root logger's records to `stream` while the run lasts; put its handlers back after.
+
+    kfp.local swaps the root logger's handlers around every task and puts back the ones it
+    found. The tasks of a ParallelFor do that from several threads at once, so one task can
+    put back the handlers of before the run while another still logs: its "finished" line and
+    artifact dump then reached the terminal. With only a handler on `stream` to find, every
+    interleaving keeps them in the run log. The level is INFO throughout for the same reason
+    (kfp.local puts back the level it found too), so no task's start or end line is dropped.
+    """
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = [logging.StreamHandler(stream)]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.handlers = saved
+        root.setLevel(level)

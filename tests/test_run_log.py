@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import threading
 
+from kfp.local.logging_utils import local_logger_context
+
 from medkfp.artifacts import CANDIDATE_MARKER
-from medkfp.pipelines.run_log import StepLog
+from medkfp.pipelines.run_log import StepLog, root_logging_to
 
 # kfp.local's own lines, colour codes included, as it prints them.
 STARTED = "19:14:01.670 - INFO - Executing task \x1b[96m'{}'\x1b[0m\n"
@@ -76,3 +80,31 @@ def test_a_line_written_in_chunks_is_read_whole(tmp_path):
     log.write("files were rejected\n")
     log.close()
     assert log.last_error == "InvalidInputError: 8 of 8 files were rejected"
+
+
+def test_parallel_tasks_swapping_the_root_handlers_keep_their_lines_in_the_run_log(tmp_path):
+    """kfp.local's own logger context, entered and left as two parallel tasks do (A in, B in,
+    A out, B logs): B's line goes to the run log, never to the handler of before the run,
+    and is not dropped by the level of before the run either."""
+    terminal = io.StringIO()
+    before = logging.StreamHandler(terminal)
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = [before]
+    root.setLevel(logging.WARNING)
+    try:
+        log = StepLog(tmp_path / "run.log", echo=io.StringIO())
+        with contextlib.redirect_stdout(log), root_logging_to(log):
+            task_a, task_b = local_logger_context(), local_logger_context()
+            task_a.__enter__()
+            task_b.__enter__()
+            task_a.__exit__(None, None, None)
+            logging.getLogger().info("Task 'train' finished with status SUCCESS")
+            task_b.__exit__(None, None, None)
+        assert root.handlers == [before] and root.level == logging.WARNING  # put back as found
+        log.close()
+    finally:
+        root.handlers = saved
+        root.setLevel(level)
+    assert terminal.getvalue() == ""
+    assert "Task 'train' finished with status SUCCESS" in (tmp_path / "run.log").read_text()
