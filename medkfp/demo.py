@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,14 +31,18 @@ EPOCHS = 15
 SERVER_START_TIMEOUT = 120.0
 
 
-def medkfp(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    """Run the medkfp CLI as a user would, echoing the command."""
-    print(f"\n$ medkfp {' '.join(args)}", flush=True)
+def medkfp(*args: str, shown: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the medkfp CLI as a user would, echoing the command (quoted as a shell needs it,
+    or as `shown` when a long argument list is better told than listed)."""
+    print(f"\n$ medkfp {shown or shlex.join(args)}", flush=True)
     return subprocess.run([sys.executable, "-m", "medkfp.cli", *args], check=True, **kwargs)
 
 
 def wait_for_model(server: str, model: str, process: subprocess.Popen) -> None:
-    from medkfp.serving.client import ServingError, model_status
+    from medkfp.cli import tensorflow_loaded
+
+    with tensorflow_loaded(verbose=False):  # the client's protos load TensorFlow: no C++ lines
+        from medkfp.serving.client import ServingError, model_status
 
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline:
@@ -136,6 +141,8 @@ def main() -> int:
                 vocab.COVID,
                 "--json",
                 *[str(p) for p, _ in images],
+                shown=f"predict --server {server} --model {vocab.COVID} --json "
+                f"<the {len(images)} images under {OUT / 'unseen'}>",
                 capture_output=True,
                 text=True,
             )

@@ -107,7 +107,7 @@ class StepLog:
             self._echo(f"      full log: {self.file.name}")
 
     def _echo(self, line: str) -> None:
-        self.echo.write(line + "\n")
+        self.echo.write(line.rstrip() + "\n")
         self.echo.flush()
 
     def flush(self) -> None:
