@@ -46,7 +46,7 @@ from medkfp.imaging import export_serving_model  # noqa: E402
 from medkfp.model_repository import ModelRepository  # noqa: E402
 from medkfp.s3server import free_port  # noqa: E402
 from medkfp.serving.batching import read_batching_parameters  # noqa: E402
-from medkfp.serving.client import ServingError, model_status  # noqa: E402
+from medkfp.serving.client import ServingError, model_status, set_string_tensor  # noqa: E402
 from medkfp.store import LocalStore  # noqa: E402
 
 MODEL = "bench"
@@ -189,7 +189,8 @@ def grpc_caller(address: str):
         def call(image: bytes):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = MODEL
-            request.inputs[vocab.INPUT_KEY].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+            # What medkfp's client writes (tf.make_tensor_proto's TensorProto, field by field).
+            set_string_tensor(request.inputs[vocab.INPUT_KEY], [image])
             return stub.Predict(request, timeout=30)
 
         return call

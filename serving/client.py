@@ -6,7 +6,7 @@ Works against `medkfp serve` and against a stock TF Serving that serves medkfp e
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -138,6 +138,20 @@ def _batches(images: list[bytes]) -> Iterator[list[bytes]]:
         yield batch
 
 
+def set_string_tensor(proto, values: Sequence[bytes]) -> None:
+    """Write `values` into an empty TensorProto as a 1-D DT_STRING tensor, in place.
+
+    The TensorProto tf.make_tensor_proto(values, dtype=tf.string) builds (dtype, one
+    dimension, string_val), written field by field: TF's generic conversion plus the
+    CopyFrom after it cost about 0.2 ms of client CPU on a one-image Predict, a tenth of
+    what serving it over loopback adds to the model call. Raises TypeError for a value
+    that is not bytes.
+    """
+    proto.dtype = types_pb2.DT_STRING
+    proto.tensor_shape.dim.add().size = len(values)
+    proto.string_val.extend(values)
+
+
 def _predictions(response: predict_pb2.PredictResponse) -> list[dict]:
     missing = {vocab.OUTPUT_PROBABILITIES, vocab.OUTPUT_CLASSES} - set(response.outputs)
     if missing:
@@ -184,9 +198,7 @@ def predict(
             request = predict_pb2.PredictRequest()
             _model_spec(request.model_spec, model, version, label)
             request.model_spec.signature_name = vocab.SIGNATURE
-            request.inputs[vocab.INPUT_KEY].CopyFrom(
-                tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)])
-            )
+            set_string_tensor(request.inputs[vocab.INPUT_KEY], batch)
             response = _call(address, stub.Predict, request, timeout, retries, backoff)
             version, label = response.model_spec.version.value, None
             predictions.extend(_predictions(response))

@@ -328,6 +328,16 @@ def test_client_predict(address):
     assert stable["version"] == 1
 
 
+def test_client_writes_the_tensor_tf_builds():
+    # predict() fills its request field by field; the server must get what TF would send.
+    for values in ([], IMAGES[:1], IMAGES):
+        request = predict_pb2.PredictRequest()
+        client.set_string_tensor(request.inputs[vocab.INPUT_KEY], values)
+        assert request.inputs[vocab.INPUT_KEY] == string_tensor(values)
+    with pytest.raises(TypeError):
+        client.set_string_tensor(tensor_pb2.TensorProto(), ["not bytes"])
+
+
 def test_client_batches_keep_one_version(address, monkeypatch):
     monkeypatch.setattr(client, "BATCH_IMAGES", 2)
 
