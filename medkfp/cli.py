@@ -199,6 +199,14 @@ def cmd_serve(args) -> None:
         if args.store:
             raise UsageError("the built-in server serves --store or a --model-dir mirror, not both")
         source = MirrorStore(args.model_dir)
+    if not args.verbose:
+        import tensorflow as tf
+
+        # TensorFlow probes its devices when the first model loads and, on a machine
+        # without a GPU, prints a C++ line about cuInit there: probe them now, with the
+        # import's start-up lines (shown with -v).
+        with native_stderr_silenced():
+            tf.config.list_physical_devices()
     serve(
         source,
         ServerOptions(
