@@ -27,7 +27,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import tensorflow as tf  # noqa: E402
+from medkfp.cli import native_stderr_silenced  # noqa: E402
+
+# TensorFlow's C++ start-up lines (absl, oneDNN, cuInit) stay out of the figures.
+with native_stderr_silenced():
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()
 
 from medkfp import vocab  # noqa: E402
 

@@ -42,9 +42,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from medkfp.cli import native_stderr_silenced  # noqa: E402
+
+# TensorFlow's C++ start-up lines (absl, oneDNN, cuInit) stay out of the figures.
+with native_stderr_silenced():
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()
+
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
