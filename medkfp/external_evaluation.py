@@ -16,9 +16,8 @@ import numpy as np
 from medkfp import vocab
 from medkfp.components.ingest.logic import ingest
 from medkfp.errors import InvalidInputError
-from medkfp.image_files import to_decodable
 from medkfp.imaging import load_signature, predict_bytes
-from medkfp.packs import pack_reader
+from medkfp.packs import decodable_image, pack_reader
 from medkfp.report import write_report
 from medkfp.scoring import score_probabilities
 from medkfp.store import LocalStore, open_uri
@@ -64,7 +63,7 @@ def predict_store_images(signature, store: LocalStore, manifest) -> np.ndarray:
     with pack_reader(store, manifest["pack"]) as read:
         for start in range(0, len(manifest), CHUNK):
             rows = manifest.iloc[start : start + CHUNK]
-            images = [to_decodable(read(row.pack, row.offset, row.bytes)) for row in rows.itertuples()]
+            images = [decodable_image(read, row) for row in rows.itertuples()]
             chunks.append(predict_bytes(signature, images))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from medkfp import vocab
+from medkfp.image_files import passes_through, to_decodable
 from medkfp.parallel import UPLOAD_WORKERS, bounded_map
 from medkfp.store import LocalStore, Store, StoreError
 
@@ -113,3 +114,13 @@ def pack_reader(store: Store, pack_keys: Iterable[str], workers: int = UPLOAD_WO
             return data
 
         yield read
+
+
+def decodable_image(read: Callable, row) -> bytes:
+    """A manifest row's image as tf.io.decode_image takes it, read with pack_reader's `read`.
+
+    Converted (to_decodable) only when the row's format and mode, which ingest found when it
+    checked the file, say it must be: no second look at every image.
+    """
+    data = read(row.pack, row.offset, row.bytes)
+    return data if passes_through(row.format, row.mode) else to_decodable(data)

@@ -24,9 +24,8 @@ import tensorflow as tf
 from medkfp import vocab
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
 from medkfp.errors import InvalidInputError
-from medkfp.image_files import passes_through, to_decodable
 from medkfp.imaging import decode_and_resize
-from medkfp.packs import pack_reader
+from medkfp.packs import decodable_image, pack_reader
 from medkfp.parallel import DEFAULT_WORKERS, bounded_map
 from medkfp.shards import make_example
 from medkfp.store import open_store
@@ -145,10 +144,7 @@ class _ShardWriter:
 
     def _convert(self, row) -> bytes:
         """One image read from its pack and converted, in the calling thread."""
-        data = self.read(row.pack, row.offset, row.bytes)
-        if not passes_through(row.format, row.mode):  # as ingest found it: no need to look again
-            data = to_decodable(data)
-        return self.resize_png(tf.constant(data)).numpy()
+        return self.resize_png(tf.constant(decodable_image(self.read, row))).numpy()
 
     def records(self, rows: pd.DataFrame) -> Iterator[bytes]:
         """Serialized tf.train.Examples of `rows`, in order.
