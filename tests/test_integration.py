@@ -75,10 +75,8 @@ def check_ui_reports(pipeline_root, candidates: int, decision: str) -> None:
     assert "\u2713 selected" in comparisons[0].read_text()
 
 
-def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
-    synth_covid(tmp_path / "data", per_class=40, size=96, seed=1)
-    synth_covid(tmp_path / "unseen", per_class=2, size=96, seed=99)
-    summary_path = tmp_path / "summary.json"
+def run_covid(tmp_path, pipeline_root: str) -> None:
+    """The integration run of the COVID set in tmp_path/data, its summary to tmp_path/summary.json."""
     run_cli(
         "run",
         "--dataset",
@@ -90,10 +88,17 @@ def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
         "--image-size",
         "48",
         "--summary",
-        str(summary_path),
+        str(tmp_path / "summary.json"),
         "--pipeline-root",
-        str(tmp_path / "kfp"),
+        str(tmp_path / pipeline_root),
     )
+
+
+def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
+    synth_covid(tmp_path / "data", per_class=40, size=96, seed=1)
+    synth_covid(tmp_path / "unseen", per_class=2, size=96, seed=99)
+    summary_path = tmp_path / "summary.json"
+    run_covid(tmp_path, "kfp")
     summary = json.loads(summary_path.read_text())
     check_summary(summary, vocab.COVID, vocab.COVID_CLASSES)
     assert summary["counts"]["accepted"] == 160
@@ -178,21 +183,7 @@ def test_covid_run_through_s3_then_served_over_grpc(tmp_path, s3_env, capsys):
     assert (tmp_path / "external.html").is_file()
 
     # the same run again trains the same model: the champion gate keeps v1
-    run_cli(
-        "run",
-        "--dataset",
-        vocab.COVID,
-        "--source",
-        str(tmp_path / "data"),
-        "--epochs",
-        "12",
-        "--image-size",
-        "48",
-        "--summary",
-        str(summary_path),
-        "--pipeline-root",
-        str(tmp_path / "kfp2"),
-    )
+    run_covid(tmp_path, "kfp2")
     again = json.loads(summary_path.read_text())
     assert again["pushed"] is None
     assert again["push_reason"].startswith("not better than champion v1")
