@@ -16,6 +16,12 @@ model B), are reported beside them (`served_size`): gRPC's own cost per call (th
 hand-offs of grpcio's server and client, about 2 ms on a 2-core VM whose idle cores halt at
 once) weighs less beside a call of about 30 ms.
 
+A third one-client mode is the floor under any grpcio server: bench/grpc_floor_server.py
+runs the same model call behind grpcio's own server with raw bytes in and out (no TF
+Serving protos, no model repository, no checks). Its ratio to in-process is what grpcio's
+Python server and client cost on this machine; `medkfp serve`'s ratio to it is what the
+TF Serving protocol and the server's own work add (`grpc_vs_grpcio_floor`).
+
 Limits (issue 9): gRPC p50 with one client <= 1.15x in-process; batched throughput with 8
 clients >= 1.5x the in-process single-caller throughput; batched p99 with 8 clients bounded
 by the unbatched server's p99 with 8 clients in the same run (batching must not lengthen
@@ -63,11 +69,15 @@ from medkfp.serving.batching import read_batching_parameters  # noqa: E402
 from medkfp.serving.client import ServingError, model_status, set_string_tensor  # noqa: E402
 from medkfp.store import LocalStore  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpc_floor_server import FLOOR_METHOD  # noqa: E402
+
 MODEL = "bench"
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 WARMUP = 10
 MAX_SECONDS_PER_RUN = 60.0
 START_TIMEOUT = 120.0
+FLOOR = "grpcio-floor"  # the mode of bench/grpc_floor_server.py
 P50_LIMIT = 1.15
 BATCHED_THROUGHPUT_LIMIT = 1.5
 BATCHING_CONFIGMAP = Path(__file__).resolve().parents[1] / "k8s" / "base" / "serving-batching-configmap.yaml"
@@ -212,6 +222,38 @@ def grpc_caller(address: str):
     return factory
 
 
+def floor_caller(address: str):
+    """A factory of per-thread callers of the grpcio floor server, each over its own channel."""
+
+    def factory():
+        call = grpc.insecure_channel(address).unary_unary(FLOOR_METHOD)
+        return lambda image: call(image, timeout=30)
+
+    return factory
+
+
+def launch_floor_server(export: Path, port: int, log_path: Path) -> subprocess.Popen:
+    """Start bench/grpc_floor_server.py on 127.0.0.1:port (not waiting; see wait_floor)."""
+    script = Path(__file__).resolve().parent / "grpc_floor_server.py"
+    command = [sys.executable, str(script), str(export), str(port)]
+    return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_floor(process: subprocess.Popen, port: int, image: bytes, log_path: Path) -> None:
+    """Wait until the floor server answers a call; raises RuntimeError after START_TIMEOUT."""
+    call = floor_caller(f"127.0.0.1:{port}")()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the grpcio floor server exited with {process.returncode}; see {log_path}")
+        try:
+            call(image)
+            return
+        except grpc.RpcError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the grpcio floor server did not answer within {START_TIMEOUT:.0f} s")
+
+
 def local_caller(signature):
     def factory():
         return lambda image: signature(**{vocab.INPUT_KEY: tf.constant([image])})
@@ -297,21 +339,25 @@ def benchmark(args) -> dict:
         if args.batch_timeout_micros is not None:
             batching += ["--batch-timeout-micros", str(args.batch_timeout_micros)]
             timeout_us = args.batch_timeout_micros
-        ports = {"grpc": free_port(), "grpc-batching": free_port()}
+        ports = {"grpc": free_port(), "grpc-batching": free_port(), FLOOR: free_port()}
         servers = {
             "grpc": launch_server(store, ports["grpc"], tmp / "serve.log"),
             "grpc-batching": launch_server(
                 store, ports["grpc-batching"], tmp / "serve-batching.log", batching
             ),
+            FLOOR: launch_floor_server(export, ports[FLOOR], tmp / "floor.log"),
         }
         try:
-            for mode, server in servers.items():
-                wait_served(server, ports[mode], tmp / "serve.log")
+            for mode in ("grpc", "grpc-batching"):
+                wait_served(servers[mode], ports[mode], tmp / "serve.log")
+            wait_floor(servers[FLOOR], ports[FLOOR], images[0], tmp / "floor.log")
             callers = {
                 "in-process": local_caller(signature),
-                **{mode: grpc_caller(f"127.0.0.1:{port}") for mode, port in ports.items()},
+                **{mode: grpc_caller(f"127.0.0.1:{ports[mode]}") for mode in ("grpc", "grpc-batching")},
+                FLOOR: floor_caller(f"127.0.0.1:{ports[FLOOR]}"),
             }
-            runs = [(mode, clients) for clients in (1, args.clients) for mode in callers]
+            runs = [(mode, 1) for mode in callers]
+            runs += [(mode, args.clients) for mode in callers if mode != FLOOR]
             for caller in callers.values():
                 run_clients(caller, images, args.clients, WARMUP * args.clients)
             chunks: dict[tuple[str, int], list[dict]] = {run: [] for run in runs}
@@ -342,11 +388,13 @@ def benchmark(args) -> dict:
 def figures(results: dict, clients: int) -> dict:
     """The issue-9 figures, their limits and whether each holds, from benchmark() results."""
     runs = {(r["mode"], r["clients"]): r for r in results["runs"]}
-    local, served = runs[("in-process", 1)], runs[("grpc", 1)]
+    local, served, floor = runs[("in-process", 1)], runs[("grpc", 1)], runs[(FLOOR, 1)]
     batched, unbatched = runs[("grpc-batching", clients)], runs[("grpc", clients)]
     rows = [
         ("grpc_vs_in_process", "p50_1_client", served["p50_ms"] / local["p50_ms"], "<=", P50_LIMIT),
         ("grpc_vs_in_process", "p99_1_client", served["p99_ms"] / local["p99_ms"], "", None),
+        ("grpc_vs_in_process", "p50_1_client_grpcio_floor", floor["p50_ms"] / local["p50_ms"], "", None),
+        ("grpc_vs_grpcio_floor", "p50_1_client", served["p50_ms"] / floor["p50_ms"], "", None),
         (
             "grpc_vs_in_process",
             "throughput_1_client",
@@ -391,7 +439,7 @@ def print_results(results: dict) -> None:
             f"{r['p99_ms']:>8.2f} {r['throughput_rps']:>8.1f}"
         )
     print(f"{'figure (ratios: gRPC / in-process, one caller)':<58} {'value':>8}  limit")
-    for group in ("grpc_vs_in_process", "batching"):
+    for group in ("grpc_vs_in_process", "grpc_vs_grpcio_floor", "batching"):
         for key, value in results[group].items():
             name = f"{group}.{key}"
             limit = results["limits"].get(name)
@@ -408,6 +456,7 @@ def served_size_figures(results: dict, clients: int) -> dict:
         "in_process_p50_ms": round(runs[("in-process", 1)]["p50_ms"], 3),
         "grpc_p50_ms": round(runs[("grpc", 1)]["p50_ms"], 3),
         "grpc_vs_in_process": found["grpc_vs_in_process"],
+        "grpc_vs_grpcio_floor": found["grpc_vs_grpcio_floor"],
         "batching": {k: v for k, v in found["batching"].items() if k != "errors"},
         "errors": found["batching"]["errors"],
     }
@@ -418,7 +467,7 @@ def print_served_size(served: dict) -> None:
         f"the same model at {served['image_size']} px (the served input size), one client: "
         f"in-process p50 {served['in_process_p50_ms']:.2f} ms, gRPC {served['grpc_p50_ms']:.2f} ms"
     )
-    for group in ("grpc_vs_in_process", "batching"):
+    for group in ("grpc_vs_in_process", "grpc_vs_grpcio_floor", "batching"):
         for key, value in served[group].items():
             print(f"{'served_size.' + group + '.' + key:<58} {value:>8}  reported")
     print(f"{'served_size.errors':<58} {served['errors']:>8}  reported")
