@@ -17,7 +17,7 @@ from medkfp.components.ingest.logic import ingest
 from medkfp.components.preprocess.logic import preprocess, records_per_shard
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
 from medkfp.shards import parse_example
-from medkfp.store import open_store
+from medkfp.store import StoreError, open_store
 from medkfp.synth import synth_covid, synth_mias
 from medkfp.tables import read_examples
 
@@ -128,6 +128,20 @@ def test_preprocess_writes_resized_shards_per_split(s3_env, tmp_path):
     assert len(records) == 24
     assert tf.io.decode_png(records[0]["image"]).shape == (32, 32, 3)
     assert store.get_json(summary["shards_key"])["splits"] == splits
+
+
+def test_a_truncated_pack_stops_preprocess_with_the_store_error_and_no_summary(local_store, tmp_path):
+    """The read error comes out as itself (one line, with the fix), not as tf.data's wrapping."""
+    synth_covid(tmp_path / "covid", per_class=6, size=48, seed=3)
+    ingested = ingest(vocab.COVID, str(tmp_path / "covid"), local_store.uri, RUN)
+    pack = sorted(k for k in local_store.list_keys(f"runs/{RUN}") if k.endswith(".tar"))[-1]
+    path = local_store.root / pack
+    path.write_bytes(path.read_bytes()[:1024])
+    with pytest.raises(
+        StoreError, match=r"^pack .* ends before the \d+ bytes at offset \d+ .*run ingest again$"
+    ):
+        preprocess(ingested, image_size=32)
+    assert not local_store.exists(vocab.run_key(RUN, "preprocess", "shards.json"))
 
 
 def test_shards_are_bounded_counted_and_checksummed(shapes_folder, local_store, tmp_path):
