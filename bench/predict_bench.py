@@ -240,18 +240,11 @@ def launch_floor_server(export: Path, port: int, log_path: Path) -> subprocess.P
 
 
 def wait_floor(process: subprocess.Popen, port: int, image: bytes, log_path: Path) -> None:
-    """Wait until the floor server answers a call; raises RuntimeError after START_TIMEOUT."""
+    """Wait until the floor server answers a call with `image` (see wait_answering)."""
     call = floor_caller(f"127.0.0.1:{port}")()
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the grpcio floor server exited with {process.returncode}; see {log_path}")
-        try:
-            call(image)
-            return
-        except grpc.RpcError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the grpcio floor server did not answer within {START_TIMEOUT:.0f} s")
+    wait_answering(
+        process, lambda: call(image) is not None, grpc.RpcError, "the grpcio floor server", log_path
+    )
 
 
 def local_caller(signature):
@@ -302,19 +295,32 @@ def launch_server(store: Path, port: int, log_path: Path, extra: list[str] = ())
     return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_served(process: subprocess.Popen, port: int, log_path: Path) -> None:
-    """Wait until the server answers GetModelStatus for MODEL; raises RuntimeError after START_TIMEOUT."""
+def wait_answering(process: subprocess.Popen, answers, retried: type[Exception], what: str, log_path: Path):
+    """Poll `answers()` until it is true, again after 0.5 s when it raises `retried`.
+
+    Raises RuntimeError, naming `what` and its log, when the process exits first, or after
+    START_TIMEOUT (the process is then terminated).
+    """
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"medkfp serve exited with {process.returncode}; see {log_path}")
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {log_path}")
         try:
-            if model_status(f"127.0.0.1:{port}", MODEL, timeout=2, retries=0):
+            if answers():
                 return
-        except ServingError:
+        except retried:
             time.sleep(0.5)
     process.terminate()
-    raise RuntimeError(f"medkfp serve did not serve {MODEL} within {START_TIMEOUT:.0f} s")
+    raise RuntimeError(f"{what} did not answer within {START_TIMEOUT:.0f} s; see {log_path}")
+
+
+def wait_served(process: subprocess.Popen, port: int, log_path: Path) -> None:
+    """Wait until the server answers GetModelStatus for MODEL (see wait_answering)."""
+
+    def answers() -> bool:
+        return bool(model_status(f"127.0.0.1:{port}", MODEL, timeout=2, retries=0))
+
+    wait_answering(process, answers, ServingError, f"medkfp serve of {MODEL}", log_path)
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -340,17 +346,20 @@ def benchmark(args) -> dict:
             batching += ["--batch-timeout-micros", str(args.batch_timeout_micros)]
             timeout_us = args.batch_timeout_micros
         ports = {"grpc": free_port(), "grpc-batching": free_port(), FLOOR: free_port()}
+        logs = {
+            "grpc": tmp / "serve.log",
+            "grpc-batching": tmp / "serve-batching.log",
+            FLOOR: tmp / "floor.log",
+        }
         servers = {
-            "grpc": launch_server(store, ports["grpc"], tmp / "serve.log"),
-            "grpc-batching": launch_server(
-                store, ports["grpc-batching"], tmp / "serve-batching.log", batching
-            ),
-            FLOOR: launch_floor_server(export, ports[FLOOR], tmp / "floor.log"),
+            "grpc": launch_server(store, ports["grpc"], logs["grpc"]),
+            "grpc-batching": launch_server(store, ports["grpc-batching"], logs["grpc-batching"], batching),
+            FLOOR: launch_floor_server(export, ports[FLOOR], logs[FLOOR]),
         }
         try:
             for mode in ("grpc", "grpc-batching"):
-                wait_served(servers[mode], ports[mode], tmp / "serve.log")
-            wait_floor(servers[FLOOR], ports[FLOOR], images[0], tmp / "floor.log")
+                wait_served(servers[mode], ports[mode], logs[mode])
+            wait_floor(servers[FLOOR], ports[FLOOR], images[0], logs[FLOOR])
             callers = {
                 "in-process": local_caller(signature),
                 **{mode: grpc_caller(f"127.0.0.1:{ports[mode]}") for mode in ("grpc", "grpc-batching")},

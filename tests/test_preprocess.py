@@ -131,7 +131,7 @@ def test_preprocess_writes_resized_shards_per_split(s3_env, tmp_path):
 
 
 def test_a_truncated_pack_stops_preprocess_with_the_store_error_and_no_summary(local_store, tmp_path):
-    """The read error comes out as itself (one line, with the fix), not as tf.data's wrapping."""
+    """The read error comes out of the converting threads as itself: one line, with the fix."""
     synth_covid(tmp_path / "covid", per_class=6, size=48, seed=3)
     ingested = ingest(vocab.COVID, str(tmp_path / "covid"), local_store.uri, RUN)
     pack = sorted(k for k in local_store.list_keys(f"runs/{RUN}") if k.endswith(".tar"))[-1]
