@@ -106,6 +106,7 @@ def measure_limit(folder: str, image_size: int) -> dict:
 
     from medkfp.components.preprocess.logic import resize_png_fn
     from medkfp.parallel import bounded_map
+    from medkfp.tfdata import without_autotune
 
     files = sorted(str(p) for p in Path(folder).rglob("*.png"))
     resize_png = resize_png_fn(image_size)
@@ -113,7 +114,7 @@ def measure_limit(folder: str, image_size: int) -> dict:
     def in_tf_data() -> int:
         ds = tf.data.Dataset.from_tensor_slices(files)
         ds = ds.map(lambda path: resize_png(tf.io.read_file(path)), num_parallel_calls=tf.data.AUTOTUNE)
-        return sum(1 for _ in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+        return sum(1 for _ in without_autotune(ds.prefetch(tf.data.AUTOTUNE)).as_numpy_iterator())
 
     def in_threads() -> int:
         convert = lambda path: resize_png(tf.constant(Path(path).read_bytes())).numpy()  # noqa: E731

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from medkfp.tfdata import without_autotune
+
 IMAGE, LABEL, ID = "image", "label", "id"
 # Each record: the PNG bytes at the training size, the class index and the image id.
 FEATURES = {
@@ -51,7 +53,7 @@ def download_shards(store, keys: list[str], local_dir: Path) -> list[str]:
 def read_split(paths: list[str]) -> tuple[list[bytes], np.ndarray]:
     """Local shard files -> (the encoded images, their class indices), in record order."""
     images, labels = [], []
-    for example in tf.data.TFRecordDataset(paths).map(parse_example):
+    for example in without_autotune(tf.data.TFRecordDataset(paths).map(parse_example)):
         images.append(example[IMAGE].numpy())
         labels.append(int(example[LABEL]))
     return images, np.array(labels, dtype=np.int64)

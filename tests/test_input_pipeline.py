@@ -86,6 +86,20 @@ def test_zero_repeats_drop_examples_and_repeat_mode_is_endless(shards):
     assert len(list(endless.take(3 * len(kept)))) == 3 * len(kept)
 
 
+def test_passes_that_end_run_without_autotuning_and_endless_ones_with_it(shards):
+    """tf.data's autotuning held up the end of a finite pass for seconds (medkfp.tfdata): the
+    passes Keras reads to their end (a one-pass epoch, validation) turn it off."""
+    _, paths, repeats = shards
+    for cache in ("none", "memory"):
+        one_pass = data.train_input(paths, repeats, SIZE, 4, seed=0, cache=cache)
+        assert one_pass.options().autotune.enabled is False
+        endless = data.train_input(paths, repeats, SIZE, 4, seed=0, repeat=True, cache=cache)
+        assert endless.options().autotune.enabled is not False
+    validation = train_logic.eval_dataset(paths, SIZE, 4, len(repeats))
+    assert validation.options().autotune.enabled is False
+    assert sum(int(labels.shape[0]) for _, labels in validation) == len(repeats)
+
+
 def test_cache_is_chosen_from_split_size_memory_and_disk(tmp_path):
     image = 224 * 224 * 3
     gib = 2**30

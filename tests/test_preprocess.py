@@ -14,10 +14,10 @@ from sklearn.model_selection import train_test_split
 
 from medkfp import vocab
 from medkfp.components.ingest.logic import ingest
-from medkfp.components.preprocess.logic import preprocess, records_per_shard
+from medkfp.components.preprocess.logic import converted, preprocess, records_per_shard, resize_png_fn
 from medkfp.components.preprocess.split import groups_across_splits, split_examples
 from medkfp.shards import parse_example
-from medkfp.store import StoreError, open_store
+from medkfp.store import LocalStore, StoreError, open_store
 from medkfp.synth import synth_covid, synth_mias
 from medkfp.tables import read_examples
 
@@ -142,6 +142,41 @@ def test_a_truncated_pack_stops_preprocess_with_the_store_error_and_no_summary(l
     ):
         preprocess(ingested, image_size=32)
     assert not local_store.exists(vocab.run_key(RUN, "preprocess", "shards.json"))
+
+
+def test_converted_keeps_the_order_and_raises_a_failed_read_as_itself():
+    """The tf.data map gives each image's conversion in input order, and a read that fails
+    after some images comes out as its own exception, after the images before it."""
+    pngs = [tf.io.encode_png(tf.fill([4 + i, 5, 1], tf.constant(i, tf.uint8))).numpy() for i in range(7)]
+    resize = resize_png_fn(6)
+
+    def images():
+        yield from pngs
+        raise StoreError("pack p ends early: run ingest again")
+
+    out = []
+    with pytest.raises(StoreError, match="^pack p ends early"):
+        for png in converted(images(), resize, window=3):
+            out.append(png)
+    assert out == [resize(tf.constant(png)).numpy() for png in pngs]
+
+
+def test_a_failed_shard_upload_stops_preprocess_and_writes_no_summary(local_store, tmp_path, monkeypatch):
+    """Shards go up in a background thread: its failure still stops the step, as itself."""
+    synth_covid(tmp_path / "covid", per_class=6, size=48, seed=3)
+    ingested = ingest(vocab.COVID, str(tmp_path / "covid"), local_store.uri, RUN)
+    put_file = LocalStore.put_file
+
+    def failing(store, key, path):
+        if key.endswith(".tfrecord") and "/val-" in key:
+            raise StoreError(f"store {store.uri}: disk full writing {key}")
+        put_file(store, key, path)
+
+    monkeypatch.setattr(LocalStore, "put_file", failing)
+    with pytest.raises(StoreError, match="disk full writing .*/val-00000-of-"):
+        preprocess(ingested, image_size=32)
+    assert not local_store.exists(vocab.run_key(RUN, "preprocess", "shards.json"))
+    assert local_store.list_keys(vocab.run_key(RUN, "shards"))  # the train shards went up
 
 
 def test_shards_are_bounded_counted_and_checksummed(shapes_folder, local_store, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
 
+from medkfp import store as store_module
 from medkfp.store import LocalStore, StoreError, open_store, resolve_store_uri
 
 
@@ -43,6 +45,20 @@ def test_directories_round_trip(store, tmp_path):
     assert (tmp_path / "dst" / "variables" / "variables.index").read_bytes() == b"idx"
     with pytest.raises(StoreError, match="nothing stored under"):
         store.download_dir("models/m/2", tmp_path / "none")
+
+
+@pytest.mark.parametrize("size", [0, 3, 11 * 1024 * 1024])
+def test_files_and_bytes_round_trip_in_one_put_or_in_parts(store, tmp_path, monkeypatch, size):
+    """Objects up to PUT_PART_BYTES go up in one PUT, larger ones in parts (here 5 MiB, the
+    smallest part S3 takes, so 11 MiB is a three-part upload); every byte arrives either way."""
+    monkeypatch.setattr(store_module, "PUT_PART_BYTES", 5 * 1024 * 1024)
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "blob").write_bytes(data)
+    store.put_file("f/blob", tmp_path / "blob")
+    store.put_bytes("b/blob", data)
+    store.get_file("f/blob", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == data
+    assert store.get_bytes("b/blob") == data
 
 
 def test_uri_for_names_the_object(store):

@@ -17,6 +17,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from medkfp.shards import FEATURES
+from medkfp.tfdata import without_autotune
 
 SHUFFLE_BUFFER = 4096
 # Records parsed (and balanced) per tf.io.parse_example call. Each call allocates its
@@ -183,7 +184,8 @@ def train_input(
             ds = ds.repeat()
         ds = tf.data.Dataset.zip((ds, bits)).map(_flipped, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds if repeat else without_autotune(ds)  # a pass that ends: medkfp.tfdata
 
 
 def _as_float(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:

@@ -34,6 +34,7 @@ from medkfp.metrics import expected_calibration_error, fit_temperature, negative
 from medkfp.shards import FEATURES, download_shards, parse_example  # noqa: F401 (FEATURES: the schema train reads)
 from medkfp.store import open_store, open_uri
 from medkfp.tables import read_repeats
+from medkfp.tfdata import without_autotune
 
 MONITOR = "val_loss"
 EARLY_STOPPING_PATIENCE = 3
@@ -65,7 +66,7 @@ def eval_dataset(paths, image_size, batch_size, count: int) -> tf.data.Dataset:
     ds = tf.data.TFRecordDataset(paths).map(parse_example)
     ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     ds = ds.map(lambda ex: decode(ex, image_size), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def resolve_weights(weights: str, architecture: str, local_dir: Path) -> str | None:
