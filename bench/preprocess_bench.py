@@ -99,8 +99,9 @@ def measure_limit(folder: str, image_size: int) -> dict:
     (the source folder's), nothing else, done two ways; the faster is the limit.
 
     The two ways: a tf.data parallel map over the files, and a thread per core calling the
-    same tf.function on each file's bytes. On this shared machine either can come out ahead
-    (tf.data's autotuning was seen at half the threads' rate), so the limit is the better one.
+    same tf.function on each file's bytes; the limit is the better one. The tf.data map runs
+    with autotuning off: with it on, the end of the pass was held up for seconds in about one
+    run in three (medkfp.tfdata), which had put tf.data at 0.6x the threads in those runs.
     """
     import tensorflow as tf
 
