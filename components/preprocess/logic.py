@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -181,8 +180,8 @@ class _ShardWriter:
         Worker threads read a bounded window of images ahead (from the packs, converted
         where their format needs it) and a tf.data map converts them on every core.
         """
-        read = lambda row: decodable_image(self.read, row)  # noqa: E731
-        images = bounded_map(read, rows.itertuples(), self.workers, window=FETCH_WINDOW)
+        image_of = lambda row: decodable_image(self.read, row)  # noqa: E731
+        images = bounded_map(image_of, rows.itertuples(), self.workers, window=FETCH_WINDOW)
         pngs = converted(images, self.resize_png, FETCH_WINDOW)
         for row, png in zip(rows.itertuples(), pngs):
             yield make_example(png, self.label_index[row.label], row.id).SerializeToString()
@@ -242,7 +241,7 @@ def converted(images: Iterator[bytes], convert, window: int) -> Iterator[bytes]:
             yield chunk
 
     ds = tf.data.Dataset.from_generator(windows, output_signature=tf.TensorSpec([None], tf.string))
-    ds = ds.unbatch().map(convert, num_parallel_calls=len(os.sched_getaffinity(0)))
+    ds = ds.unbatch().map(convert, num_parallel_calls=tf.data.AUTOTUNE)  # one call per core
     yield from without_autotune(ds.prefetch(window)).as_numpy_iterator()
     if failure:
         raise failure[0]
