@@ -4,7 +4,7 @@ Makes 224 px train shards the way a run does (synthetic COVID-19 Radiography PNG
 preprocess into a local store), then times, in interleaved rounds (so a neighbour's load
 hits all alike), with no model attached:
 - the dataset the train step fits on (components/train/data.py, no cache): batched parse,
-  balancing, shuffle, parallel decode, float cast and random flip, prefetch;
+  balancing, shuffle, parallel decode and random flip, prefetch (uint8: the model casts);
 - the limit: TFRecordDataset -> parallel map (parse_single_example + decode_png) -> batch;
 - past the limit: the same train dataset with the decoded images cached in memory, after
   the first pass (what the train step picks when the split fits).

@@ -16,6 +16,7 @@ from training_helpers import prepare_shapes, quick_candidate
 from medkfp.components.train import data
 from medkfp.components.train import logic as train_logic
 from medkfp.components.train.logic import train
+from medkfp.components.train.models import build_model
 from medkfp.parallel import UploadError, upload_all
 from medkfp.shards import download_shards, parse_example
 from medkfp.store import open_store
@@ -42,8 +43,8 @@ def examples_of(ds: tf.data.Dataset) -> Counter:
     since the pipelines flip at random."""
     seen: Counter = Counter()
     for images, labels in ds:
-        assert images.dtype == tf.float32 and images.shape[1:] == (SIZE, SIZE, 3)
-        for image, label in zip(images.numpy().astype(np.uint8), labels.numpy()):
+        assert images.dtype == tf.uint8 and images.shape[1:] == (SIZE, SIZE, 3)
+        for image, label in zip(images.numpy(), labels.numpy()):
             key = min(image.tobytes(), image[:, ::-1].tobytes())
             seen[(int(label), hashlib.sha256(key).hexdigest())] += 1
     return seen
@@ -98,6 +99,20 @@ def test_passes_that_end_run_without_autotuning_and_endless_ones_with_it(shards)
     validation = train_logic.eval_dataset(paths, SIZE, 4, len(repeats))
     assert validation.options().autotune.enabled is False
     assert sum(int(labels.shape[0]) for _, labels in validation) == len(repeats)
+
+
+def test_models_cast_the_uint8_batches_themselves(shards):
+    """The pipelines hand the model uint8 images; its float32 input casts them, so the
+    model sees the same pixels as from float32 batches, and fits on the uint8 dataset."""
+    prepared, paths, repeats = shards
+    model = build_model("simple-cnn", len(prepared.dataset["class_names"]), SIZE)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    images, _ = next(iter(data.train_input(paths, repeats, SIZE, 8, seed=0)))
+    np.testing.assert_allclose(
+        model(images, training=False), model(tf.cast(images, tf.float32), training=False), rtol=1e-6
+    )
+    history = model.fit(data.train_input(paths, repeats, SIZE, 8, seed=0), epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_cache_is_chosen_from_split_size_memory_and_disk(tmp_path):

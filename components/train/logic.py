@@ -50,8 +50,8 @@ OPTIMIZERS = {
 
 def decode(example, image_size: int):
     image = tf.io.decode_png(example["image"], channels=3)
-    image = tf.ensure_shape(image, (image_size, image_size, 3))
-    return tf.cast(image, tf.float32), example["label"]
+    # uint8, as the train split: the model's float32 input casts it (data.images_and_labels)
+    return tf.ensure_shape(image, (image_size, image_size, 3)), example["label"]
 
 
 def steps_per_epoch(examples: int, spec: vocab.Candidate) -> int:

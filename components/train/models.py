@@ -1,4 +1,5 @@
-"""Architectures: float32 images in 0..255 in, softmax out, the backbone's own preprocessing inside.
+"""Architectures: images in 0..255 in (uint8 or float32; the float32 input casts), softmax out,
+the backbone's own preprocessing inside.
 
 Keeping `preprocess_input` inside the model means the exported serving signature needs no
 knowledge of the backbone: it decodes and resizes, the model does the rest.
