@@ -1,5 +1,7 @@
-"""Architectures: images in 0..255 in (uint8 or float32; the float32 input casts), softmax out,
-the backbone's own preprocessing inside.
+"""Architectures: images in 0..255 in, softmax out, the backbone's own preprocessing inside.
+
+The input is float32 and casts what it is given, so uint8 batches from the train step's
+pipeline are converted inside the model (on a GPU node, on the GPU).
 
 Keeping `preprocess_input` inside the model means the exported serving signature needs no
 knowledge of the backbone: it decodes and resizes, the model does the rest.
