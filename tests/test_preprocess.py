@@ -5,6 +5,7 @@ The split is checked on the Table II totals, MIAS pairs and duplicates."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,31 @@ def test_split_reproduces_the_covid_study_totals():
     table = pd.crosstab(labels, split)
     for name, n in STUDY_COUNTS.items():
         assert abs(table.loc[name, "test"] - 0.2 * n) <= 1
+
+
+def test_a_split_too_small_for_its_classes_names_the_fraction_that_fixes_it():
+    """4 classes of 3 images: 20 % test is 3 images, too few to hold every class. The error
+    names the fraction to use instead (not sklearn's "test_size = 3 should be greater or
+    equal to the number of classes"), and the fractions it names give a stratified split."""
+    labels = pd.Series([c for c in "abcd" for _ in range(3)])
+    fractions = {"test": 0.2, "val": 0.2}
+    for _ in range(3):
+        try:
+            split = split_examples(labels, fractions["test"], fractions["val"], 0)
+            break
+        except ValueError as e:
+            found = re.search(r"raise --(test|val)-fraction to at least (0\.\d+)", str(e))
+            assert found, str(e)
+            fractions[found[1]] = float(found[2])
+    else:
+        pytest.fail(f"the suggested fractions {fractions} still do not split")
+    assert fractions["test"] > 0.2 and fractions["val"] > 0.2
+    assert (pd.crosstab(labels, split) > 0).all().all()  # every class in every split
+    with pytest.raises(ValueError, match=r"test split would take 11 of the 12 images .* at most 0\.33"):
+        split_examples(labels, 0.9, 0.2, 0)
+    too_few = pd.Series(list("abcd") * 5 + ["e"] * 6)  # 26 images, 5 classes: the val cut lacks them
+    with pytest.raises(ValueError, match=r"val split would take 4 of the 20 images .* at least 0\.21"):
+        split_examples(too_few, 0.2, 0.2, 0)
 
 
 def test_split_refuses_a_class_too_small_to_split():

@@ -60,6 +60,10 @@ def _stratified_split(labels: pd.Series, test_fraction, val_fraction, seed) -> p
             f"class {counts.idxmin()!r} has {counts.min()} image(s): a stratified "
             f"train/val/test split needs at least {MIN_PER_CLASS} per class"
         )
+    classes = len(counts)
+    test_count = _check_stratifiable(len(labels), classes, test_fraction, "test", 2 * classes, "images")
+    left = len(labels) - test_count
+    _check_stratifiable(left, classes, val_fraction, "val", classes, "images the test split leaves")
     index = labels.index.to_numpy()
     rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
     _, val = train_test_split(rest, test_size=val_fraction, stratify=labels.loc[rest], random_state=seed)
@@ -67,6 +71,31 @@ def _stratified_split(labels: pd.Series, test_fraction, val_fraction, seed) -> p
     split.loc[val] = "val"
     split.loc[test] = "test"
     return split
+
+
+def _check_stratifiable(
+    total: int, classes: int, fraction: float, split: str, leave: int, of_what: str
+) -> int:
+    """The images `split` takes out of `total` (as train_test_split counts them).
+
+    sklearn's stratified split needs every class on both sides of a cut, and the side left
+    over must still hold `leave` images for the cuts after it. Raises InvalidInputError,
+    naming the fraction (two decimals, checked against the same count) that fixes it, when
+    the cut falls outside that range.
+    """
+    held = math.ceil(fraction * total)
+    if classes <= held <= total - leave:
+        return held
+    # total >= classes + leave: every class has MIN_PER_CLASS images, and the test cut leaves 2 * classes
+    if held < classes:  # the least f with ceil(f * total) >= classes: f > (classes - 1) / total
+        least = (100 * (classes - 1) // total + 1) / 100
+        fix = f"raise --{split}-fraction to at least {least:.2f}, or add images"
+    else:
+        fix = f"lower --{split}-fraction to at most {100 * (total - leave) // total / 100:.2f}"
+    raise InvalidInputError(
+        f"the {split} split would take {held} of the {total} {of_what} for {classes} classes, and a "
+        f"stratified split needs every class in every split: {fix}"
+    )
 
 
 def _grouped_split(labels: pd.Series, groups: pd.Series, test_fraction, val_fraction, seed) -> pd.Series:
