@@ -119,6 +119,25 @@ def test_mias_pairs_never_span_two_splits(test_fraction, seed):
         assert abs(table.loc[name, "test"] - test_fraction * n) <= 2.5, table
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_few_groups_still_put_every_class_in_every_split(seed):
+    """4 classes of 3 pairs: filling to targets alone sent every pair to train (a pair
+    overshoots a target of one image), leaving val empty and most classes out of test."""
+    labels = pd.Series([c for c in "abcd" for _ in range(6)])
+    pairs = pd.Series([f"{c}{i // 2}" for c in "abcd" for i in range(6)])
+    split = split_examples(labels, 0.2, 0.2, seed, groups=pairs)
+    assert_no_group_across_splits(pairs, split)
+    assert (pd.crosstab(labels, split) > 0).all().all()
+
+
+def test_groups_too_tangled_to_cover_every_split_are_refused_with_the_class_and_split():
+    # pairs [b b] [a a] [b a] [a b]: this seed's placement cannot move a group out of train
+    labels = pd.Series(list("bbaabaab"))
+    pairs = pd.Series([f"g{i // 2}" for i in range(8)])
+    with pytest.raises(ValueError, match="class 'b' would have no image in the val split.*another --seed"):
+        split_examples(labels, 0.2, 0.2, 23, groups=pairs)
+
+
 def test_grouped_split_refuses_a_class_in_too_few_groups():
     labels = pd.Series(["a"] * 20 + ["b"] * 4)
     groups = pd.Series([f"g{i}" for i in range(20)] + ["x", "x", "y", "y"])

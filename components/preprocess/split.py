@@ -6,7 +6,9 @@ stratified `train_test_split` (test first, then val out of the rest), which repr
 the COVID study's Table II totals exactly. With groups, per-class targets are computed
 the same way, groups of two or more are placed first (those holding the rarest classes
 first) into the split they fill least, and single images then fill each class's
-remaining test and val places, the rest going to train.
+remaining test and val places, the rest going to train. Where that left a class out of test
+or val, whole groups of it move there from train. Every class ends with an image in every
+split, or the split is refused naming what to change.
 """
 
 from __future__ import annotations
@@ -116,6 +118,15 @@ def _grouped_split(labels: pd.Series, groups: pd.Series, test_fraction, val_frac
     have = np.zeros_like(targets)
     _place_groups(composition, targets, have, assigned, rng)
     _fill_singles(composition, targets, have, assigned, rng)
+    _cover_every_split(composition, have, assigned, rng)
+    empty = np.argwhere(have == 0)
+    if len(empty):  # groups of mixed classes that no move out of train could untangle
+        split, c = (int(i) for i in empty[0])
+        raise InvalidInputError(
+            f"class {classes[c]!r} would have no image in the {SPLIT_NAMES[split]} split: its "
+            f"{groups_per_class[c]} group(s) (patients, duplicate files) must stay whole, and this "
+            "placement could not give every split one; add images of it, or try another --seed"
+        )
     return pd.Series(SPLIT_NAMES[assigned[group_codes]], index=labels.index)
 
 
@@ -169,6 +180,28 @@ def _fill_singles(composition, targets, have, assigned, rng) -> None:
         assigned[members[need_test + need_val :]] = TRAIN
         for split in (TRAIN, VAL, TEST):
             have[split, c] += int((assigned[members] == split).sum())
+
+
+def _cover_every_split(composition, have, assigned, rng) -> None:
+    """Move whole groups out of train until every class has an image in test and in val.
+
+    With few groups, filling to targets can leave a class out of a split: a pair would
+    overshoot a target of one image there. For each such (split, class), the smallest group
+    of that class in train moves over, provided train keeps an image of every class the
+    group holds; ties go to a seeded random pick.
+    """
+    for split in (TEST, VAL):
+        for c in np.flatnonzero(have[split] == 0):
+            in_train = np.flatnonzero((assigned == TRAIN) & (composition[:, c] > 0))
+            movable = [g for g in in_train if (have[TRAIN] - composition[g])[composition[g] > 0].min() >= 1]
+            if not movable:
+                continue
+            sizes = composition[movable].sum(axis=1)
+            smallest = np.flatnonzero(sizes == sizes.min())
+            g = movable[int(rng.choice(smallest))]
+            assigned[g] = split
+            have[TRAIN] -= composition[g]
+            have[split] += composition[g]
 
 
 def groups_across_splits(groups: pd.Series, split: pd.Series) -> int:
