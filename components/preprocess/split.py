@@ -192,6 +192,8 @@ def _cover_every_split(composition, have, assigned, rng) -> None:
     """
     for split in (TEST, VAL):
         for c in np.flatnonzero(have[split] == 0):
+            if have[split, c]:  # a mixed group moved for an earlier class brought it along
+                continue
             in_train = np.flatnonzero((assigned == TRAIN) & (composition[:, c] > 0))
             movable = [g for g in in_train if (have[TRAIN] - composition[g])[composition[g] > 0].min() >= 1]
             if not movable:
