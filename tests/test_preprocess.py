@@ -36,6 +36,11 @@ def assert_no_group_across_splits(groups: pd.Series, split: pd.Series) -> None:
     assert groups_across_splits(groups, split) == 0
 
 
+def assert_every_class_in_every_split(labels: pd.Series, split: pd.Series) -> None:
+    table = pd.crosstab(labels, split).reindex(columns=["train", "val", "test"], fill_value=0)
+    assert (table > 0).all().all(), table
+
+
 # --- split ------------------------------------------------------------------------------------
 
 
@@ -66,7 +71,7 @@ def test_a_split_too_small_for_its_classes_names_the_fraction_that_fixes_it():
     else:
         pytest.fail(f"the suggested fractions {fractions} still do not split")
     assert fractions["test"] > 0.2 and fractions["val"] > 0.2
-    assert (pd.crosstab(labels, split) > 0).all().all()  # every class in every split
+    assert_every_class_in_every_split(labels, split)
     with pytest.raises(ValueError, match=r"test split would take 11 of the 12 images .* at most 0\.33"):
         split_examples(labels, 0.9, 0.2, 0)
     too_few = pd.Series(list("abcd") * 5 + ["e"] * 6)  # 26 images, 5 classes: the val cut lacks them
@@ -112,8 +117,8 @@ def test_mias_pairs_never_span_two_splits(test_fraction, seed):
     pairs = pd.Series([f"mias-pair-{i // 2 + 1:03d}" for i in range(len(labels))])
     split = split_examples(labels, test_fraction, 0.1, seed, groups=pairs)
     assert_no_group_across_splits(pairs, split)
+    assert_every_class_in_every_split(labels, split)
     table = pd.crosstab(labels, split)
-    assert (table > 0).all().all(), table  # every class in every split
     assert abs((split == "test").sum() - test_fraction * len(labels)) <= 4
     for name, n in counts.items():  # stratified to within a pair or two
         assert abs(table.loc[name, "test"] - test_fraction * n) <= 2.5, table
@@ -127,7 +132,7 @@ def test_few_groups_still_put_every_class_in_every_split(seed):
     pairs = pd.Series([f"{c}{i // 2}" for c in "abcd" for i in range(6)])
     split = split_examples(labels, 0.2, 0.2, seed, groups=pairs)
     assert_no_group_across_splits(pairs, split)
-    assert (pd.crosstab(labels, split) > 0).all().all()
+    assert_every_class_in_every_split(labels, split)
 
 
 def test_groups_too_tangled_to_cover_every_split_are_refused_with_the_class_and_split():
@@ -142,7 +147,9 @@ def test_groups_too_tangled_to_cover_every_split_are_refused_with_the_class_and_
             worked.append(split_examples(labels, 0.2, 0.2, seed, groups=pairs))
         except ValueError:
             pass
-    assert worked and all((pd.crosstab(labels, split) > 0).all().all() for split in worked)
+    assert worked
+    for split in worked:
+        assert_every_class_in_every_split(labels, split)
 
 
 def test_grouped_split_refuses_a_class_in_too_few_groups():
